@@ -1,0 +1,249 @@
+/**
+ * Forwarding one request to one origin, streaming both ways over bounded keep-alive pools.
+ *
+ * The client side is node:http (llhttp parses requests strictly); the upstream side is an
+ * undici Pool per origin driven through `dispatch`, which the benchmark measured ahead of
+ * http.Agent (see README, "Hot path"). Pools live in a bounded LRU: the least recently used
+ * origin's pool is closed when more than `maxOrigins` are in use.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import net from 'node:net';
+import type { Duplex } from 'node:stream';
+import { LRUCache } from 'lru-cache';
+import { Pool, type Dispatcher } from 'undici';
+import type { Address } from '../discovery/records.js';
+
+/** RFC 9110 §7.6.1: hop-by-hop fields, plus those a Connection header names. */
+const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'http2-settings']);
+/** Set by this proxy; a client's own values are dropped unless the peer is trusted. */
+const FORWARDING = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-request-id', 'forwarded']);
+
+export interface ForwarderOptions {
+  /** Most origins (local proxies or containers) with an open pool at once. */
+  maxOrigins?: number;
+  /** Most connections to one origin. */
+  connectionsPerOrigin?: number;
+  connectTimeoutMs?: number;
+  /** Time to the response head, and the longest pause between body chunks. */
+  upstreamTimeoutMs?: number;
+  /** Idle keep-alive connections to an origin are closed after this. */
+  idleTimeoutMs?: number;
+}
+
+export type FailureKind = 'connect' | 'timeout' | 'broken';
+
+export interface ForwardContext {
+  requestId: string;
+  /** The peer is a trusted proxy: keep its X-Forwarded-* and append to them. */
+  trusted: boolean;
+  /** Called at most once, only while no response head was sent to the client. */
+  fail(kind: FailureKind, err: Error): void;
+}
+
+export class Forwarder {
+  readonly #pools: LRUCache<string, Pool>;
+  readonly #opts: Required<ForwarderOptions>;
+
+  constructor(opts: ForwarderOptions = {}) {
+    this.#opts = {
+      maxOrigins: opts.maxOrigins ?? 1024,
+      connectionsPerOrigin: opts.connectionsPerOrigin ?? 256,
+      connectTimeoutMs: opts.connectTimeoutMs ?? 5_000,
+      upstreamTimeoutMs: opts.upstreamTimeoutMs ?? 60_000,
+      idleTimeoutMs: opts.idleTimeoutMs ?? 4_000,
+    };
+    this.#pools = new LRUCache<string, Pool>({
+      max: this.#opts.maxOrigins,
+      dispose: (pool) => void pool.close().catch(() => {}),
+    });
+  }
+
+  get connectTimeoutMs(): number {
+    return this.#opts.connectTimeoutMs;
+  }
+
+  async close(): Promise<void> {
+    const pools = [...this.#pools.values()];
+    this.#pools.clear();
+    await Promise.all(pools.map((p) => p.destroy().catch(() => {})));
+  }
+
+  /** Streams `req` to `origin` and its response back into `res`. */
+  forward(req: IncomingMessage, res: ServerResponse, origin: Address, ctx: ForwardContext): void {
+    const headers = requestHeaders(req, ctx, false);
+    const hasBody = req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined;
+    const handler = new ResponseHandler(req, res, ctx);
+    this.#pool(origin).dispatch(
+      { origin: undefined, path: req.url ?? '/', method: req.method ?? 'GET', headers, body: hasBody ? req : null },
+      handler,
+    );
+  }
+
+  /** WebSocket and other upgrades: write the head to a fresh connection, then splice bytes. */
+  forwardUpgrade(req: IncomingMessage, client: Duplex, head: Buffer, origin: Address, ctx: ForwardContext): void {
+    const upstream = net.connect({ host: origin.host, port: origin.port });
+    let connected = false;
+    const timer = setTimeout(() => upstream.destroy(new Error('connect timeout')), this.#opts.connectTimeoutMs);
+    upstream.once('connect', () => {
+      connected = true;
+      clearTimeout(timer);
+      const h = requestHeaders(req, ctx, true);
+      let text = `${req.method} ${req.url} HTTP/1.1\r\n`;
+      for (let i = 0; i < h.length; i += 2) text += `${h[i]}: ${h[i + 1]}\r\n`;
+      upstream.write(`${text}\r\n`);
+      if (head.length > 0) upstream.write(head);
+      upstream.pipe(client);
+      client.pipe(upstream);
+    });
+    upstream.on('error', (err) => {
+      clearTimeout(timer);
+      if (!connected) ctx.fail(err.message === 'connect timeout' ? 'timeout' : 'connect', err);
+      else client.destroy();
+    });
+    client.on('error', () => upstream.destroy());
+    client.on('close', () => upstream.destroy());
+    upstream.on('close', () => {
+      if (connected) client.destroy();
+    });
+  }
+
+  #pool(origin: Address): Pool {
+    const key = origin.host.includes(':') ? `http://[${origin.host}]:${origin.port}` : `http://${origin.host}:${origin.port}`;
+    let pool = this.#pools.get(key);
+    if (pool === undefined) {
+      pool = new Pool(key, {
+        connections: this.#opts.connectionsPerOrigin,
+        pipelining: 1,
+        connectTimeout: this.#opts.connectTimeoutMs,
+        headersTimeout: this.#opts.upstreamTimeoutMs,
+        bodyTimeout: this.#opts.upstreamTimeoutMs,
+        keepAliveTimeout: this.#opts.idleTimeoutMs,
+        keepAliveMaxTimeout: this.#opts.idleTimeoutMs,
+      });
+      this.#pools.set(key, pool);
+    }
+    return pool;
+  }
+}
+
+/** Headers to send upstream: hop-by-hop removed, forwarding headers set by us. */
+function requestHeaders(req: IncomingMessage, ctx: ForwardContext, upgrade: boolean): string[] {
+  const raw = req.rawHeaders;
+  const named = connectionTokens(req.headers.connection);
+  const out: string[] = [];
+  let forwardedFor: string | undefined;
+  let proto: string | undefined;
+  let fwdHost: string | undefined;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i] as string;
+    const value = raw[i + 1] as string;
+    const lower = name.toLowerCase();
+    if (FORWARDING.has(lower)) {
+      if (!ctx.trusted) continue;
+      if (lower === 'x-forwarded-for') forwardedFor = forwardedFor === undefined ? value : `${forwardedFor}, ${value}`;
+      else if (lower === 'x-forwarded-proto') proto = value;
+      else if (lower === 'x-forwarded-host') fwdHost = value;
+      else if (lower === 'forwarded') out.push(name, value);
+      continue;
+    }
+    // Expect: node:http already answered 100-continue; undici refuses to send it on.
+    if (HOP_BY_HOP.has(lower) || lower === 'expect' || (named !== undefined && named.has(lower))) continue;
+    out.push(name, value);
+  }
+  const peer = req.socket.remoteAddress ?? '';
+  out.push('x-forwarded-for', forwardedFor === undefined ? peer : `${forwardedFor}, ${peer}`);
+  out.push('x-forwarded-proto', proto ?? (isTls(req) ? 'https' : 'http'));
+  out.push('x-forwarded-host', fwdHost ?? req.headers.host ?? '');
+  out.push('x-request-id', ctx.requestId);
+  if (upgrade) out.push('connection', 'upgrade', 'upgrade', req.headers.upgrade ?? 'websocket');
+  return out;
+}
+
+function isTls(req: IncomingMessage): boolean {
+  return (req.socket as { encrypted?: boolean }).encrypted === true;
+}
+
+/** Field names listed in a Connection header (lowercase), except our own forwarding ones. */
+function connectionTokens(value: string | undefined): Set<string> | undefined {
+  if (value === undefined) return undefined;
+  const set = new Set<string>();
+  for (const t of value.split(',')) {
+    const name = t.trim().toLowerCase();
+    if (name !== '' && !FORWARDING.has(name)) set.add(name);
+  }
+  return set;
+}
+
+/** undici's dispatch handler: streams the response into `res` with backpressure. */
+class ResponseHandler implements Dispatcher.DispatchHandler {
+  readonly #req: IncomingMessage;
+  readonly #res: ServerResponse;
+  readonly #ctx: ForwardContext;
+  #abort: ((err?: Error) => void) | undefined;
+  #done = false;
+
+  constructor(req: IncomingMessage, res: ServerResponse, ctx: ForwardContext) {
+    this.#req = req;
+    this.#res = res;
+    this.#ctx = ctx;
+    // Client gone before the response finished: abort the upstream request.
+    res.once('close', () => {
+      if (!this.#done) this.#abort?.(new Error('client closed the connection'));
+    });
+  }
+
+  onConnect(abort: (err?: Error) => void): void {
+    this.#abort = abort;
+    if (this.#res.destroyed) abort(new Error('client closed the connection'));
+  }
+
+  onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string): boolean {
+    if (statusCode < 200) return true; // 1xx: informational, not forwarded
+    let named: Set<string> | undefined;
+    for (let i = 0; i < rawHeaders.length; i += 2) {
+      if ((rawHeaders[i] as Buffer).length === 10 && (rawHeaders[i] as Buffer).toString('latin1').toLowerCase() === 'connection') {
+        named = connectionTokens((rawHeaders[i + 1] as Buffer).toString('latin1'));
+      }
+    }
+    const out: string[] = [];
+    for (let i = 0; i < rawHeaders.length; i += 2) {
+      const name = (rawHeaders[i] as Buffer).toString('latin1');
+      const lower = name.toLowerCase();
+      if (HOP_BY_HOP.has(lower) || (named !== undefined && named.has(lower))) continue;
+      out.push(name, (rawHeaders[i + 1] as Buffer).toString('latin1'));
+    }
+    this.#res.writeHead(statusCode, statusText, out);
+    this.#res.on('drain', resume);
+    return true;
+  }
+
+  onData(chunk: Buffer): boolean {
+    return this.#res.write(chunk);
+  }
+
+  onComplete(): void {
+    this.#done = true;
+    this.#res.end();
+  }
+
+  onError(err: Error): void {
+    this.#done = true;
+    if (this.#res.headersSent) {
+      // Mid-body failure: never a clean end, the client must see the truncation.
+      this.#res.destroy(err);
+      return;
+    }
+    if (this.#res.destroyed) return;
+    this.#ctx.fail(classify(err), err);
+    void this.#req;
+  }
+}
+
+function classify(err: Error): FailureKind {
+  const code = (err as { code?: string }).code;
+  if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') return 'timeout';
+  if (code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'ECONNREFUSED' || code === 'EHOSTUNREACH' || code === 'ENETUNREACH' || code === 'EADDRNOTAVAIL') {
+    return 'connect';
+  }
+  return 'broken';
+}
