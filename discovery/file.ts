@@ -39,6 +39,9 @@ interface FileState {
 
 type Maps = Record<Kind, Map<string, object>>;
 
+/** Registry files this process holds the lock of (a pid check cannot tell two owners in one process apart). */
+const ownedHere = new Set<string>();
+
 export interface FileBackendOptions {
   path: string;
   /** false: read the file and follow its changes, never write (other processes on one machine). */
@@ -97,7 +100,10 @@ export class FileBackend implements RegistryBackend {
       }
       this.#ephemeral.clear();
       await this.#flush().catch(() => {});
-      if (this.#lockHeld) await fsp.rm(this.#lockPath, { force: true });
+      if (this.#lockHeld) {
+        await fsp.rm(this.#lockPath, { force: true });
+        ownedHere.delete(this.#path);
+      }
     }
   }
 
@@ -174,10 +180,14 @@ export class FileBackend implements RegistryBackend {
   }
 
   async #lock(): Promise<void> {
+    if (ownedHere.has(this.#path)) {
+      throw new RegistryUnavailableError(`the file registry ${this.#path} is already open for writing in this process`);
+    }
     for (let attempt = 0; attempt < 2; attempt++) {
       try {
         await fsp.writeFile(this.#lockPath, `${process.pid}\n`, { flag: 'wx', mode: 0o600 });
         this.#lockHeld = true;
+        ownedHere.add(this.#path);
         return;
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;

@@ -16,6 +16,8 @@ import type { Address } from '../discovery/records.js';
 /** RFC 9110 §7.6.1: hop-by-hop fields, plus those a Connection header names. */
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'http2-settings']);
 /** Set by this proxy; a client's own values are dropped unless the peer is trusted. */
+/** A tunnel half-closed by one side is torn down if the other has not finished by then. */
+const FIN_TIMEOUT_MS = 5_000;
 const FORWARDING = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-request-id', 'forwarded']);
 
 export interface ForwarderOptions {
@@ -43,6 +45,8 @@ export interface ForwardContext {
 export class Forwarder {
   readonly #pools: LRUCache<string, Pool>;
   readonly #opts: Required<ForwarderOptions>;
+  /** Open upgrade tunnels: each entry tears its tunnel down. */
+  readonly #tunnels = new Set<() => void>();
 
   constructor(opts: ForwarderOptions = {}) {
     this.#opts = {
@@ -63,6 +67,7 @@ export class Forwarder {
   }
 
   async close(): Promise<void> {
+    for (const teardown of [...this.#tunnels]) teardown();
     const pools = [...this.#pools.values()];
     this.#pools.clear();
     await Promise.all(pools.map((p) => p.destroy().catch(() => {})));
@@ -79,11 +84,23 @@ export class Forwarder {
     );
   }
 
-  /** WebSocket and other upgrades: write the head to a fresh connection, then splice bytes. */
+  /**
+   * WebSocket and other upgrades: write the head to a fresh connection, then splice bytes.
+   * When one side ends, the other is ended too and both are destroyed if it does not
+   * finish within `finTimeoutMs` (HAProxy's "timeout client-fin"); tunnels are tracked so
+   * close() can end them.
+   */
   forwardUpgrade(req: IncomingMessage, client: Duplex, head: Buffer, origin: Address, ctx: ForwardContext): void {
     const upstream = net.connect({ host: origin.host, port: origin.port });
     let connected = false;
     const timer = setTimeout(() => upstream.destroy(new Error('connect timeout')), this.#opts.connectTimeoutMs);
+    const teardown = () => {
+      clearTimeout(timer);
+      client.destroy();
+      upstream.destroy();
+      this.#tunnels.delete(teardown);
+    };
+    this.#tunnels.add(teardown);
     upstream.once('connect', () => {
       connected = true;
       clearTimeout(timer);
@@ -95,15 +112,20 @@ export class Forwarder {
       upstream.pipe(client);
       client.pipe(upstream);
     });
+    const finishSoon = () => setTimeout(teardown, FIN_TIMEOUT_MS).unref();
+    client.once('end', finishSoon);
+    upstream.once('end', finishSoon);
     upstream.on('error', (err) => {
-      clearTimeout(timer);
-      if (!connected) ctx.fail(err.message === 'connect timeout' ? 'timeout' : 'connect', err);
-      else client.destroy();
+      if (!connected) {
+        clearTimeout(timer);
+        this.#tunnels.delete(teardown);
+        ctx.fail(err.message === 'connect timeout' ? 'timeout' : 'connect', err);
+      } else teardown();
     });
-    client.on('error', () => upstream.destroy());
-    client.on('close', () => upstream.destroy());
+    client.on('error', teardown);
+    client.on('close', teardown);
     upstream.on('close', () => {
-      if (connected) client.destroy();
+      if (connected) teardown();
     });
   }
 

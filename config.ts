@@ -1,0 +1,153 @@
+/**
+ * Flags and their TGW_<NAME> environment variables -> a validated Config. Every flag is
+ * listed once, here; `--help` is generated from this table.
+ */
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { compileHostPattern, DEFAULT_HOST_PATTERN, normalizeDomain, type RouteNames } from './gateway/host.js';
+import { hostIdSchema } from './discovery/records.js';
+
+export const COMMANDS = {
+  up: 'all in one process: registry, gateway, admin API, DNS and a local proxy for this machine',
+  gateway: 'the HTTP gateway with its admin API (registers itself under gateways/)',
+  'local-proxy': "this container host's local proxy (registers itself under hosts/<host-id>)",
+  dns: 'the wildcard DNS server, answering the live gateways',
+} as const;
+export type Command = keyof typeof COMMANDS;
+
+interface FlagSpec {
+  default: string;
+  help: string;
+}
+
+const FLAGS = {
+  domain: { default: 'test.priv', help: 'the zone: tenants are <name>.<domain>' },
+  bind: { default: '127.0.0.1', help: 'address the HTTP, DNS and local proxy listeners bind (0.0.0.0 for all interfaces)' },
+  'http-port': { default: '8080', help: 'gateway HTTP port' },
+  'admin-host': { default: '127.0.0.1', help: 'admin API bind address (keep it private)' },
+  'admin-port': { default: '8081', help: 'admin API port' },
+  'dns-port': { default: '5353', help: 'DNS port, UDP and TCP' },
+  'local-port': { default: '8090', help: "local proxy port" },
+  'host-id': { default: '01', help: "the container host id this machine's local proxy registers" },
+  advertise: { default: '', help: 'address gateways use to reach this local proxy (default 127.0.0.1:<local-port>)' },
+  'container-host': { default: '127.0.0.1', help: "where this host's containers listen (the local proxy forwards to <container-host>:<port>)" },
+  'gateway-ip': { default: '127.0.0.1', help: 'the address DNS answers for this gateway' },
+  'gateway-id': { default: '', help: 'this gateway\'s id under gateways/ (default gw-<gateway-ip>-<http-port>)' },
+  'data-dir': { default: './data', help: 'where the file registry and the admin token live' },
+  registry: { default: '', help: 'file:<path> or zk://host:port[,host:port...]/chroot (default file:<data-dir>/registry.json)' },
+  'host-pattern': { default: DEFAULT_HOST_PATTERN, help: 'regex for structured names, named groups app, container, host; {domain} = the escaped domain' },
+  'trusted-proxies': { default: '', help: 'comma-separated peer IPs whose X-Forwarded-* are kept (local proxies also trust loopback)' },
+  'connect-timeout': { default: '5', help: 'seconds to connect upstream' },
+  'upstream-timeout': { default: '60', help: 'seconds to wait for an upstream response head, and between body chunks' },
+  'zk-auth': { default: '', help: 'ZooKeeper digest credentials user:password (ACL on created znodes)' },
+  'zk-session-timeout': { default: '10', help: 'ZooKeeper session timeout in seconds' },
+} as const satisfies Record<string, FlagSpec>;
+type Flag = keyof typeof FLAGS;
+
+export interface Config {
+  command: Command;
+  names: RouteNames;
+  bind: string;
+  httpPort: number;
+  adminHost: string;
+  adminPort: number;
+  dnsPort: number;
+  localPort: number;
+  hostId: string;
+  advertise: string | undefined;
+  containerHost: string;
+  gatewayIp: string;
+  gatewayId: string | undefined;
+  dataDir: string;
+  registry: string;
+  trustedProxies: string[];
+  connectTimeoutMs: number;
+  upstreamTimeoutMs: number;
+  zkAuth: string | undefined;
+  zkSessionTimeoutMs: number;
+}
+
+export class UsageError extends Error {
+  override readonly name = 'UsageError';
+}
+
+export function usage(): string {
+  const lines = ['Usage: tenant-gateway <command> [flags]', '', 'Commands:'];
+  for (const [name, help] of Object.entries(COMMANDS)) lines.push(`  ${name.padEnd(12)} ${help}`);
+  lines.push('', 'Flags (each also an environment variable TGW_<NAME>, e.g. TGW_HTTP_PORT):');
+  for (const [name, spec] of Object.entries(FLAGS) as [Flag, FlagSpec][]) {
+    lines.push(`  --${name.padEnd(20)} ${spec.help}${spec.default ? ` [${spec.default}]` : ''}`);
+  }
+  lines.push('', 'Port 0 picks a free port; the start-up log prints every bound address.');
+  lines.push('Admin token: TGW_ADMIN_TOKEN, else generated into <data-dir>/admin-token (mode 0600).');
+  return lines.join('\n');
+}
+
+const envName = (flag: string) => `TGW_${flag.toUpperCase().replaceAll('-', '_')}`;
+
+export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env): Config | 'help' {
+  const options = Object.fromEntries(Object.keys(FLAGS).map((f) => [f, { type: 'string' as const }]));
+  let parsed;
+  try {
+    parsed = parseArgs({ args: argv, options: { ...options, help: { type: 'boolean', short: 'h' } }, allowPositionals: true, strict: true });
+  } catch (err) {
+    throw new UsageError(`${(err as Error).message}\n\n${usage()}`);
+  }
+  if (parsed.values.help || parsed.positionals.length === 0) return 'help';
+  const [command, ...extra] = parsed.positionals;
+  if (!(command! in COMMANDS)) throw new UsageError(`unknown command ${JSON.stringify(command)}\n\n${usage()}`);
+  if (extra.length > 0) throw new UsageError(`unexpected argument ${JSON.stringify(extra[0])}`);
+
+  const values = parsed.values as Record<string, string | undefined>;
+  const get = (flag: Flag): string => values[flag] ?? env[envName(flag)] ?? FLAGS[flag].default;
+  const port = (flag: Flag): number => {
+    const v = get(flag);
+    const n = Number(v);
+    if (!/^\d+$/.test(v) || n > 65535) throw new UsageError(`--${flag} must be a port number 0-65535; got ${JSON.stringify(v)}`);
+    return n;
+  };
+  const seconds = (flag: Flag): number => {
+    const v = get(flag);
+    const n = Number(v);
+    if (!(n > 0) || n > 86_400) throw new UsageError(`--${flag} must be a number of seconds (0-86400]; got ${JSON.stringify(v)}`);
+    return Math.round(n * 1000);
+  };
+  const wrap = <T>(f: () => T): T => {
+    try {
+      return f();
+    } catch (err) {
+      throw new UsageError((err as Error).message);
+    }
+  };
+
+  const domain = wrap(() => normalizeDomain(get('domain')));
+  const hostPattern = wrap(() => compileHostPattern(get('host-pattern'), domain));
+  const hostId = get('host-id');
+  if (!hostIdSchema.safeParse(hostId).success) throw new UsageError(`--host-id must be one DNS label of a-z, 0-9 and '-'; got ${JSON.stringify(hostId)}`);
+  const dataDir = path.resolve(get('data-dir'));
+  const zkAuth = get('zk-auth');
+  if (zkAuth !== '' && !/^[^:]+:.+$/.test(zkAuth)) throw new UsageError('--zk-auth must be user:password');
+
+  return {
+    command: command as Command,
+    names: { domain, hostPattern },
+    bind: get('bind'),
+    httpPort: port('http-port'),
+    adminHost: get('admin-host'),
+    adminPort: port('admin-port'),
+    dnsPort: port('dns-port'),
+    localPort: port('local-port'),
+    hostId,
+    advertise: get('advertise') || undefined,
+    containerHost: get('container-host'),
+    gatewayIp: get('gateway-ip'),
+    gatewayId: get('gateway-id') || undefined,
+    dataDir,
+    registry: get('registry') || `file:${path.join(dataDir, 'registry.json')}`,
+    trustedProxies: get('trusted-proxies').split(',').map((s) => s.trim()).filter((s) => s !== ''),
+    connectTimeoutMs: seconds('connect-timeout'),
+    upstreamTimeoutMs: seconds('upstream-timeout'),
+    zkAuth: zkAuth || undefined,
+    zkSessionTimeoutMs: seconds('zk-session-timeout'),
+  };
+}
