@@ -17,9 +17,9 @@ export interface ExplainStep {
 
 export interface Explanation {
   input: string;
-  normalized?: string;
-  kind?: 'structured' | 'tenant' | 'apex';
-  parts?: Record<string, string>;
+  normalized: string | undefined;
+  kind: 'structured' | 'tenant' | 'apex' | undefined;
+  parts: Record<string, string> | undefined;
   records: ExplainStep[];
   routes: boolean;
   /** Where the gateway forwards (its local proxy), when it routes. */
@@ -35,6 +35,9 @@ export async function explainHost(input: string, registry: Registry, names: Rout
   const now = Date.now();
   const out: Explanation = {
     input,
+    normalized: undefined,
+    kind: undefined,
+    parts: undefined,
     records: [],
     routes: false,
     registry: {
