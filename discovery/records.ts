@@ -22,10 +22,65 @@ const address = z.string().max(300).refine((s) => parseAddress(s) !== undefined,
 
 export const hostRecord = z.strictObject({ address });
 export const containerRecord = z.strictObject({ app: id('app'), port });
-export const targetSchema = z.strictObject({ host: hostIdSchema, container: containerIdSchema });
-export const tenantRecord = z.strictObject({
-  targets: z.array(targetSchema).min(1, 'targets needs at least one {"host","container"}').max(64, 'at most 64 targets'),
+export const targetSchema = z.strictObject({
+  host: hostIdSchema,
+  container: containerIdSchema,
+  /** Relative share of new requests (round robin, least connections, hashing). */
+  weight: z.number().int().min(1, 'weight must be 1-100').max(100, 'weight must be 1-100').optional(),
 });
+
+const seconds = (what: string, max: number) =>
+  z.number().min(0, `${what} must be 0-${max} seconds`).max(max, `${what} must be 0-${max} seconds`);
+const count = (what: string, min: number, max: number) =>
+  z.number().int().min(min, `${what} must be an integer ${min}-${max}`).max(max, `${what} must be an integer ${min}-${max}`);
+
+/** Per-tenant traffic settings; every field optional, defaults in gateway/tenants.ts (TENANT_DEFAULTS). */
+export const tenantSettings = {
+  /** round-robin (default), least-conn, ip-hash, or hash (consistent, on `hashKey`). */
+  balance: z.enum(['round-robin', 'least-conn', 'ip-hash', 'hash']).optional(),
+  /** For balance "hash": "header:<name>", "cookie:<name>" or "path". */
+  hashKey: z
+    .string()
+    .regex(/^(?:header:[A-Za-z0-9-]{1,64}|cookie:[A-Za-z0-9_.-]{1,64}|path)$/, 'hashKey must be "header:<name>", "cookie:<name>" or "path"')
+    .optional(),
+  /** Cookie stickiness: a client keeps its replica while it is healthy. */
+  sticky: z
+    .strictObject({
+      cookie: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, 'sticky.cookie must be a cookie name (letters, digits, _ . -)').optional(),
+      maxAge: seconds('sticky.maxAge', 31_536_000).optional(),
+    })
+    .optional(),
+  /** Active health checks, run by the gateway through the local proxy to each replica. */
+  healthCheck: z
+    .strictObject({
+      path: z.string().regex(/^\/[\x21-\x7e]{0,255}$/, 'healthCheck.path must start with "/" (visible ASCII, at most 256)').optional(),
+      interval: seconds('healthCheck.interval', 3600).refine((v) => v >= 0.1, 'healthCheck.interval must be at least 0.1 seconds').optional(),
+      timeout: seconds('healthCheck.timeout', 60).refine((v) => v >= 0.05, 'healthCheck.timeout must be at least 0.05 seconds').optional(),
+      rise: count('healthCheck.rise', 1, 100).optional(),
+      fall: count('healthCheck.fall', 1, 100).optional(),
+    })
+    .optional(),
+  /** Passive checks: this many consecutive failures (connect errors, 5xx) eject a replica for `cooldown`; 0 = off. */
+  passive: z.strictObject({ failures: count('passive.failures', 0, 1000).optional(), cooldown: seconds('passive.cooldown', 3600).optional() }).optional(),
+  /** Retries on another replica: at most `attempts` more tries, all within `deadline`. */
+  retries: z.strictObject({ attempts: count('retries.attempts', 0, 10).optional(), deadline: seconds('retries.deadline', 300).optional() }).optional(),
+  /** While no replica can take a request: hold up to `queue` requests for up to `timeout`; then 503. */
+  hold: z.strictObject({ timeout: seconds('hold.timeout', 60).optional(), queue: count('hold.queue', 0, 10_000).optional() }).optional(),
+  /** Most requests in flight per replica (0 = no limit); more wait in a queue of `maxQueue`. */
+  maxConn: count('maxConn', 0, 100_000).optional(),
+  maxQueue: count('maxQueue', 0, 10_000).optional(),
+};
+
+export const tenantRecord = z
+  .strictObject({
+    targets: z.array(targetSchema).min(1, 'targets needs at least one {"host","container"}').max(64, 'at most 64 targets'),
+    ...tenantSettings,
+  })
+  .refine((t) => t.balance !== 'hash' || t.hashKey !== undefined, { message: 'balance "hash" needs hashKey ("header:<name>", "cookie:<name>" or "path")', path: ['hashKey'] })
+  .refine((t) => new Set(t.targets.map((x) => `${x.host}/${x.container}`)).size === t.targets.length, {
+    message: 'targets has the same host and container twice',
+    path: ['targets'],
+  });
 export const gatewayRecord = z.strictObject({ ip: z.string().refine((s) => isIP(s) !== 0, 'ip must be an IPv4 or IPv6 address') });
 
 export type HostRecord = z.infer<typeof hostRecord>;

@@ -51,6 +51,7 @@ export class Registry {
   #gateways: GatewayRecord[] = [];
   #gatewaysRefresh: Promise<void> | undefined;
   #gatewaysListeners = new Set<(gws: readonly GatewayRecord[]) => void>();
+  #changeListeners = new Set<(ev: ChangeEvent) => void>();
   #unsubscribe: (() => void) | undefined;
   stats = { hits: 0, misses: 0, changes: 0 };
 
@@ -99,6 +100,21 @@ export class Registry {
   }
   async tenant(name: string): Promise<TenantRecord | null> {
     return (await this.lookup('tenants', name)).value;
+  }
+
+  /**
+   * Reads through to the backend and refreshes the cache: after a forward failed to connect,
+   * so a container that moved is found at its new place even before the change event arrives.
+   */
+  async lookupFresh<K extends Kind>(kind: K, key: string): Promise<Lookup<RecordOf<K>>> {
+    const entry = await this.#fetch(kind, key, `${kind}\0${key}`);
+    return entry;
+  }
+
+  /** Every change event, after the cache has dropped what it invalidates. */
+  onChange(listener: (ev: ChangeEvent) => void): () => void {
+    this.#changeListeners.add(listener);
+    return () => this.#changeListeners.delete(listener);
   }
 
   /** Cached entry without touching the backend (explain: how old is what we route by). */
@@ -167,6 +183,7 @@ export class Registry {
       for (const k of this.#cache.keys()) if (k.startsWith(prefix)) this.#cache.delete(k);
     }
     if (ev.kind === 'gateways') void this.#refreshGateways();
+    for (const l of this.#changeListeners) l(ev);
   }
 
   /** Coalesced: one refresh at a time, one more queued if changes arrive meanwhile. */

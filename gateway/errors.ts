@@ -14,6 +14,7 @@ export type ProxyErrorCode =
   | 'upstream_broken'
   | 'local_proxy_unreachable' // 503
   | 'registry_unavailable'
+  | 'no_healthy_replica'
   | 'upstream_timeout'; // 504
 
 const STATUS: Record<ProxyErrorCode, number> = {
@@ -25,6 +26,7 @@ const STATUS: Record<ProxyErrorCode, number> = {
   upstream_broken: 502,
   local_proxy_unreachable: 503,
   registry_unavailable: 503,
+  no_healthy_replica: 503,
   upstream_timeout: 504,
 };
 
@@ -80,6 +82,8 @@ export function sendError(req: IncomingMessage, res: ServerResponse, err: ProxyE
     'content-length': Buffer.byteLength(text),
     'x-request-id': requestId,
     'cache-control': 'no-store',
+    // Lets a gateway tell "the next hop could not reach the app" from an app's own answer.
+    'x-tgw-error': err.code,
   };
   if (err.status === 503) headers['retry-after'] = 1;
   res.writeHead(err.status, headers);

@@ -2,6 +2,7 @@
  * `explain`: how a hostname routes, step by step, with the registry records used and how
  * old the cached copies are. Read-only; uses the same cache and the same Router as traffic.
  */
+import type { IncomingMessage } from 'node:http';
 import type { Kind } from '../discovery/backend.js';
 import type { Registry } from '../discovery/registry.js';
 import { ProxyError } from './errors.js';
@@ -22,6 +23,8 @@ export interface Explanation {
   parts: Record<string, string> | undefined;
   records: ExplainStep[];
   routes: boolean;
+  /** A tenant's balancing and replica health, once it has seen traffic (null before). */
+  balancing?: object | null;
   /** Where the gateway forwards (its local proxy), when it routes. */
   forwardTo?: string;
   /** The answer a request would get when it does not route. */
@@ -77,10 +80,15 @@ export async function explainHost(input: string, registry: Registry, names: Rout
         }
       }
     }
-    const route = await router.resolve(host);
+    // A request with no headers: balancing and stickiness pick as they would for a new client.
+    const probe = { headers: {}, url: '/', method: 'GET' } as IncomingMessage;
+    const route = await router.resolve(host, { req: probe, clientIp: '', tried: undefined, fresh: false, holds: 0 });
+    route.release?.('aborted');
     out.routes = true;
     out.forwardTo = route.label;
+    if (name.kind === 'tenant') out.balancing = router.describeTenant?.(name.name) ?? null;
   } catch (err) {
+    if (name.kind === 'tenant') out.balancing = router.describeTenant?.(name.name) ?? null;
     const e = err instanceof ProxyError ? err : new ProxyError('registry_unavailable', (err as Error).message);
     out.status = e.status;
     out.reason = e.message;

@@ -19,6 +19,8 @@ const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'te'
 /** A tunnel half-closed by one side is torn down if the other has not finished by then. */
 const FIN_TIMEOUT_MS = 5_000;
 const FORWARDING = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-request-id', 'forwarded']);
+/** Between the gateway and a local proxy only: never accepted from a client, never sent to an app. */
+export const TARGET_HEADER = 'x-tgw-container';
 
 export interface ForwarderOptions {
   /** Most origins (local proxies or containers) with an open pool at once. */
@@ -32,14 +34,30 @@ export interface ForwarderOptions {
   idleTimeoutMs?: number;
 }
 
-export type FailureKind = 'connect' | 'timeout' | 'broken';
+/** `stale`: the next hop does not know the target yet (it lags the registry); nothing reached an app. */
+export type FailureKind = 'connect' | 'timeout' | 'broken' | 'stale';
+
+/** How a forward ended once a response head was on its way: for passive health and least-conn. */
+export type Finish = 'ok' | '5xx' | 'broken' | 'aborted';
 
 export interface ForwardContext {
   requestId: string;
   /** The peer is a trusted proxy: keep its X-Forwarded-* and append to them. */
   trusted: boolean;
+  /** Appended to the upstream request's headers (name, value, ...). */
+  extraHeaders?: readonly string[] | undefined;
+  /** Appended to the response's headers (name, value, ...). */
+  responseHeaders?: readonly string[] | undefined;
+  /**
+   * Asked when the next hop answers with an error it produced itself (`x-tgw-error`, e.g. the
+   * local proxy could not reach the container): a FailureKind = drop that answer and
+   * `fail(kind)` (to retry elsewhere); undefined = pass it to the client.
+   */
+  retryHopError?: ((status: number, code: string) => FailureKind | undefined) | undefined;
   /** Called at most once, only while no response head was sent to the client. */
   fail(kind: FailureKind, err: Error): void;
+  /** Called at most once, when `fail` was not: the response completed or was cut. */
+  finished?: ((how: Finish, status: number) => void) | undefined;
 }
 
 export class Forwarder {
@@ -77,7 +95,7 @@ export class Forwarder {
   forward(req: IncomingMessage, res: ServerResponse, origin: Address, ctx: ForwardContext): void {
     const headers = requestHeaders(req, ctx, false);
     const hasBody = req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined;
-    const handler = new ResponseHandler(req, res, ctx);
+    const handler = new ResponseHandler(res, ctx);
     this.#pool(origin).dispatch(
       { origin: undefined, path: req.url ?? '/', method: req.method ?? 'GET', headers, body: hasBody ? req : null },
       handler,
@@ -98,7 +116,7 @@ export class Forwarder {
       clearTimeout(timer);
       client.destroy();
       upstream.destroy();
-      this.#tunnels.delete(teardown);
+      if (this.#tunnels.delete(teardown)) ctx.finished?.('ok', 101);
     };
     this.#tunnels.add(teardown);
     upstream.once('connect', () => {
@@ -127,6 +145,18 @@ export class Forwarder {
     upstream.on('close', () => {
       if (connected) teardown();
     });
+  }
+
+  /** One active health check: GET `path` with `headers`; passes on 2xx and 3xx. */
+  async probe(origin: Address, path: string, headers: Record<string, string>, timeoutMs: number): Promise<{ ok: boolean; result: string }> {
+    try {
+      const r = await this.#pool(origin).request({ path, method: 'GET', headers, headersTimeout: timeoutMs, bodyTimeout: timeoutMs, signal: AbortSignal.timeout(timeoutMs) });
+      await r.body.dump({ limit: 64 * 1024 });
+      return { ok: r.statusCode >= 200 && r.statusCode < 400, result: String(r.statusCode) };
+    } catch (err) {
+      const code = (err as { code?: string }).code;
+      return { ok: false, result: code === 'ECONNREFUSED' ? 'refused' : (err as Error).name === 'TimeoutError' || code?.includes('TIMEOUT') ? 'timeout' : (err as Error).message };
+    }
   }
 
   #pool(origin: Address): Pool {
@@ -169,9 +199,10 @@ function requestHeaders(req: IncomingMessage, ctx: ForwardContext, upgrade: bool
       continue;
     }
     // Expect: node:http already answered 100-continue; undici refuses to send it on.
-    if (HOP_BY_HOP.has(lower) || lower === 'expect' || (named !== undefined && named.has(lower))) continue;
+    if (HOP_BY_HOP.has(lower) || lower === 'expect' || lower === TARGET_HEADER || (named !== undefined && named.has(lower))) continue;
     out.push(name, value);
   }
+  if (ctx.extraHeaders !== undefined) out.push(...ctx.extraHeaders);
   const peer = req.socket.remoteAddress ?? '';
   out.push('x-forwarded-for', forwardedFor === undefined ? peer : `${forwardedFor}, ${peer}`);
   out.push('x-forwarded-proto', proto ?? (isTls(req) ? 'https' : 'http'));
@@ -198,19 +229,23 @@ function connectionTokens(value: string | undefined): Set<string> | undefined {
 
 /** undici's dispatch handler: streams the response into `res` with backpressure. */
 class ResponseHandler implements Dispatcher.DispatchHandler {
-  readonly #req: IncomingMessage;
   readonly #res: ServerResponse;
   readonly #ctx: ForwardContext;
   #abort: ((err?: Error) => void) | undefined;
   #done = false;
+  #status = 0;
+  /** The head was a hop error turned into a retry: ignore the rest of this response. */
+  #dropped = false;
 
-  constructor(req: IncomingMessage, res: ServerResponse, ctx: ForwardContext) {
-    this.#req = req;
+  constructor(res: ServerResponse, ctx: ForwardContext) {
     this.#res = res;
     this.#ctx = ctx;
     // Client gone before the response finished: abort the upstream request.
     res.once('close', () => {
-      if (!this.#done) this.#abort?.(new Error('client closed the connection'));
+      if (this.#done) return;
+      this.#done = true;
+      this.#abort?.(new Error('client closed the connection'));
+      this.#ctx.finished?.('aborted', this.#status);
     });
   }
 
@@ -222,11 +257,24 @@ class ResponseHandler implements Dispatcher.DispatchHandler {
   onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string): boolean {
     if (statusCode < 200) return true; // 1xx: informational, not forwarded
     let named: Set<string> | undefined;
+    let hopError: string | undefined;
     for (let i = 0; i < rawHeaders.length; i += 2) {
-      if ((rawHeaders[i] as Buffer).length === 10 && (rawHeaders[i] as Buffer).toString('latin1').toLowerCase() === 'connection') {
+      const n = rawHeaders[i] as Buffer;
+      if (n.length === 10 && n.toString('latin1').toLowerCase() === 'connection') {
         named = connectionTokens((rawHeaders[i + 1] as Buffer).toString('latin1'));
+      } else if (n.length === 11 && n.toString('latin1').toLowerCase() === 'x-tgw-error') {
+        hopError = (rawHeaders[i + 1] as Buffer).toString('latin1');
       }
     }
+    const retryAs = hopError === undefined ? undefined : this.#ctx.retryHopError?.(statusCode, hopError);
+    if (retryAs !== undefined) {
+      this.#done = true;
+      this.#dropped = true;
+      this.#abort?.(new Error(`next hop: ${hopError}`));
+      this.#ctx.fail(retryAs, new Error(`the next hop answered ${statusCode} ${hopError}`));
+      return false;
+    }
+    this.#status = statusCode;
     const out: string[] = [];
     for (let i = 0; i < rawHeaders.length; i += 2) {
       const name = (rawHeaders[i] as Buffer).toString('latin1');
@@ -234,30 +282,33 @@ class ResponseHandler implements Dispatcher.DispatchHandler {
       if (HOP_BY_HOP.has(lower) || (named !== undefined && named.has(lower))) continue;
       out.push(name, (rawHeaders[i + 1] as Buffer).toString('latin1'));
     }
+    if (this.#ctx.responseHeaders !== undefined) out.push(...this.#ctx.responseHeaders);
     this.#res.writeHead(statusCode, statusText, out);
     this.#res.on('drain', resume);
     return true;
   }
 
   onData(chunk: Buffer): boolean {
-    return this.#res.write(chunk);
+    return this.#dropped || this.#res.write(chunk);
   }
 
   onComplete(): void {
+    if (this.#done) return;
     this.#done = true;
     this.#res.end();
+    this.#ctx.finished?.(this.#status >= 500 ? '5xx' : 'ok', this.#status);
   }
 
   onError(err: Error): void {
+    if (this.#done) return;
     this.#done = true;
     if (this.#res.headersSent) {
       // Mid-body failure: never a clean end, the client must see the truncation.
       this.#res.destroy(err);
+      this.#ctx.finished?.('broken', this.#status);
       return;
     }
-    if (this.#res.destroyed) return;
     this.#ctx.fail(classify(err), err);
-    void this.#req;
   }
 }
 

@@ -2,16 +2,23 @@
  * Hostname -> origin, for each tier. Every address comes from the registry; the Host text
  * only supplies registry keys. Lookups are synchronous on a cache hit (the common case).
  *
- *   gateway:      structured name -> hosts/<host>;  tenant -> tenants/<name> -> hosts/<target.host>
+ *   gateway:      structured name -> hosts/<host>
+ *                 tenant -> tenants/<name> -> a replica (balancing, health, stickiness,
+ *                 maxConn; held while none can take it) -> hosts/<replica.host>; the chosen
+ *                 container travels to the local proxy in x-tgw-container
  *   local proxy:  structured name -> containers/<thisHost>/<container> (app must match);
- *                 tenant -> tenants/<name> -> its targets on this host -> containers/...
+ *                 tenant -> the container the gateway chose, when it is the tenant's on this
+ *                 host, else round robin over the tenant's containers here
  */
+import type { IncomingMessage } from 'node:http';
 import type { Lookup, Registry } from '../discovery/registry.js';
-import { parseAddress, type Address, type HostRecord, type Target } from '../discovery/records.js';
+import { parseAddress, type Address, type HostRecord, type TenantRecord } from '../discovery/records.js';
+import { pickRoundRobin } from './balancer.js';
 import { ProxyError } from './errors.js';
-import type { FailureKind } from './forward.js';
+import { TARGET_HEADER, type FailureKind, type Forwarder } from './forward.js';
 import { classifyHost, type RouteNames } from './host.js';
-import type { Route, Router } from './proxy-server.js';
+import type { ResolveContext, Route, Router } from './proxy-server.js';
+import { Replica, stickyCookie, TenantState, TenantTable } from './tenants.js';
 
 type MaybePromise<T> = T | Promise<T>;
 
@@ -31,61 +38,148 @@ function addressOf(rec: HostRecord): Address | null {
   return a;
 }
 
-/** Round robin over a tenant's targets, one counter per router (good enough until issue 5's balancers). */
-class RoundRobin {
-  #next = 0;
-  order<T>(items: readonly T[]): T[] {
-    const start = this.#next++ % items.length;
-    return [...items.slice(start), ...items.slice(0, start)];
-  }
-}
+const apexError = (host: string) => new ProxyError('unknown_tenant', `${host} is the zone apex; no tenant is served there`);
 
 export class GatewayRouter implements Router {
   readonly #registry: Registry;
   readonly #names: RouteNames;
-  readonly #rr = new RoundRobin();
+  readonly #tenants: TenantTable;
+  readonly #unsubscribe: () => void;
 
-  constructor(registry: Registry, names: RouteNames) {
+  constructor(registry: Registry, names: RouteNames, forwarder: Forwarder) {
     this.#registry = registry;
     this.#names = names;
+    this.#tenants = new TenantTable((tenant, replica, check) => this.#probe(forwarder, tenant, replica, check));
+    // Any registry change may unblock held requests (a replica registered, a host back).
+    this.#unsubscribe = registry.onChange(() => this.#tenants.wakeAll());
   }
 
-  resolve(host: string): MaybePromise<Route> {
+  close(): void {
+    this.#unsubscribe();
+    this.#tenants.close();
+  }
+
+  resolve(host: string, ctx: ResolveContext): MaybePromise<Route> {
     const name = classifyHost(host, this.#names);
-    if (name.kind === 'apex') throw new ProxyError('unknown_tenant', `${host} is the zone apex; no tenant is served there`);
+    if (name.kind === 'apex') throw apexError(host);
     if (name.kind === 'structured') {
-      return then(this.#registry.lookup('hosts', name.host), (h) => {
+      return then(this.#lookup('hosts', name.host, ctx), (h) => {
         if (h.value === null) throw new ProxyError('unknown_host', `no container host "${name.host}" is registered (from ${host})`);
-        return this.#route(name.host, h.value);
+        return this.#hostRoute(name.host, h.value);
       });
     }
-    return then(this.#registry.lookup('tenants', name.name), (t) => {
+    return then(this.#lookup('tenants', name.name, ctx), (t) => {
       if (t.value === null) throw new ProxyError('unknown_tenant', `no tenant is registered for ${host}`);
-      return this.#firstLiveHost(name.name, this.#rr.order(t.value.targets), 0);
+      return this.#choose(this.#tenants.get(name.name, t.value as TenantRecord), host, ctx, undefined);
     });
   }
 
   failure(kind: FailureKind, route: Route, err: Error): ProxyError {
+    if (kind === 'stale') return new ProxyError('unknown_container', `${route.label} does not know the target (${err.message})`);
     if (kind === 'connect') return new ProxyError('local_proxy_unreachable', `${route.label} is registered but not reachable (${err.message})`);
     if (kind === 'timeout') return new ProxyError('upstream_timeout', `${route.label} did not answer in time`);
     return new ProxyError('upstream_broken', `${route.label} broke the connection (${err.message})`);
   }
 
-  /** The first target whose host is registered. */
-  #firstLiveHost(tenant: string, targets: Target[], i: number): MaybePromise<Route> {
-    const target = targets[i];
-    if (target === undefined) {
-      throw new ProxyError('local_proxy_unreachable', `none of tenant ${tenant}'s container hosts is registered (${targets.map((t) => t.host).join(', ')})`);
-    }
-    return then(this.#registry.lookup('hosts', target.host), (h: Lookup<HostRecord>) =>
-      h.value === null ? this.#firstLiveHost(tenant, targets, i + 1) : this.#route(target.host, h.value),
-    );
+  /** Health and balancing state of a tenant that has seen traffic (admin API, explain). */
+  describeTenant(name: string): object | null {
+    return this.#tenants.peek(name)?.describe(Date.now()) ?? null;
   }
 
-  #route(hostId: string, rec: HostRecord): Route {
+  #lookup<K extends 'hosts' | 'tenants'>(kind: K, key: string, ctx: ResolveContext) {
+    return ctx.fresh ? this.#registry.lookupFresh(kind, key) : this.#registry.lookup(kind, key);
+  }
+
+  #choose(state: TenantState, host: string, ctx: ResolveContext, holdUntil: number | undefined): MaybePromise<Route> {
+    const lookups = state.replicas.map((r) => this.#lookup('hosts', r.host, ctx));
+    if (lookups.some((l) => l instanceof Promise)) {
+      return Promise.all(lookups).then((ls) => this.#pick(state, ls, host, ctx, holdUntil));
+    }
+    return this.#pick(state, lookups as Lookup<HostRecord>[], host, ctx, holdUntil);
+  }
+
+  #pick(state: TenantState, hosts: Lookup<HostRecord>[], host: string, ctx: ResolveContext, holdUntil: number | undefined): MaybePromise<Route> {
+    const now = Date.now();
+    const s = state.settings;
+    const addresses = new Map<string, HostRecord | null>();
+    state.replicas.forEach((r, i) => addresses.set(r.host, hosts[i]?.value ?? null));
+    let atMaxConn = false;
+    const usable = (r: Replica): boolean => {
+      if (ctx.tried?.has(r.id) || !r.healthy(now) || !addresses.get(r.host)) return false;
+      if (s.maxConn > 0 && r.inflight >= s.maxConn) {
+        atMaxConn = true;
+        return false;
+      }
+      return true;
+    };
+    const r = state.pick(ctx.req, usable, ctx.clientIp);
+    if (r !== undefined) return this.#replicaRoute(state, r, addresses.get(r.host) as HostRecord, ctx);
+
+    // Nothing can take it now: hold the request (bounded) and try again on the next change,
+    // or after a short backoff (a next hop may lag the registry by milliseconds).
+    const bound = atMaxConn ? s.maxQueue : s.hold.queue;
+    const until = holdUntil ?? now + s.hold.timeoutMs;
+    if (until <= now || state.waiting >= bound) throw this.#noReplica(state, addresses, now, until <= now ? s.hold.timeoutMs : undefined);
+    const backoff = Math.min(1_000, 50 * 2 ** ctx.holds++);
+    return state.waitForChange(Math.min(until - now, backoff)).then(() => {
+      if (Date.now() >= until) throw this.#noReplica(state, addresses, Date.now(), s.hold.timeoutMs);
+      ctx.tried = undefined; // every replica deserves a new try; attempts stay bounded
+      ctx.fresh = false;
+      return then(this.#lookup('tenants', state.name, ctx), (t) => {
+        if (t.value === null) throw new ProxyError('unknown_tenant', `no tenant is registered for ${host}`);
+        return this.#choose(this.#tenants.get(state.name, t.value as TenantRecord), host, ctx, until);
+      });
+    });
+  }
+
+  #replicaRoute(state: TenantState, r: Replica, rec: HostRecord, ctx: ResolveContext): Route {
+    const route = this.#hostRoute(r.host, rec);
+    r.inflight++;
+    const cookie = stickyCookie(state, r);
+    const sent = cookie === undefined ? undefined : (ctx.req.headers.cookie ?? '');
+    return {
+      ...route,
+      label: `${route.label} (tenant ${state.name}, container ${r.container})`,
+      replica: r.id,
+      headers: [TARGET_HEADER, r.container],
+      // Set the cookie only when the client does not already carry this replica's value.
+      responseHeaders: cookie !== undefined && !(sent as string).includes(`=${r.cookie}`) ? ['set-cookie', cookie] : undefined,
+      retry: { attempts: state.settings.retries.attempts, deadlineMs: state.settings.retries.deadlineMs },
+      release: (outcome) => state.release(r, outcome, Date.now()),
+    };
+  }
+
+  #noReplica(state: TenantState, hosts: Map<string, HostRecord | null>, now: number, heldMs: number | undefined): ProxyError {
+    const why = state.replicas
+      .map((r) => {
+        const reason = !hosts.get(r.host)
+          ? 'host not registered'
+          : !r.activeUp
+            ? 'failing health checks'
+            : now < r.ejectedUntil
+              ? `ejected for ${Math.ceil((r.ejectedUntil - now) / 1000)} s after failures`
+              : state.settings.maxConn > 0 && r.inflight >= state.settings.maxConn
+                ? `at maxConn ${state.settings.maxConn}`
+                : 'failed for this request';
+        return `${r.id}: ${reason}`;
+      })
+      .join('; ');
+    const held = heldMs === undefined ? 'the wait queue is full' : `waited ${heldMs / 1000} s`;
+    return new ProxyError('no_healthy_replica', `tenant ${state.name} has no replica that can take the request (${why}); ${held}`);
+  }
+
+  #hostRoute(hostId: string, rec: HostRecord): Route {
     const origin = addressOf(rec);
     if (origin === null) throw new ProxyError('local_proxy_unreachable', `host ${hostId} has an unusable address ${JSON.stringify(rec.address)}`);
     return { origin, label: `host ${hostId}'s local proxy at ${rec.address}` };
+  }
+
+  async #probe(forwarder: Forwarder, tenant: string, r: Replica, check: { path: string; timeoutMs: number }) {
+    const h = await this.#registry.lookup('hosts', r.host);
+    const origin = h.value === null ? null : addressOf(h.value);
+    if (origin === null) return { ok: false, result: 'host not registered' };
+    const hostname = tenant.includes('.') ? tenant : `${tenant}.${this.#names.domain}`;
+    return forwarder.probe(origin, check.path, { host: hostname, [TARGET_HEADER]: r.container, 'user-agent': 'tenant-gateway-health' }, check.timeoutMs);
   }
 }
 
@@ -95,7 +189,8 @@ export class LocalProxyRouter implements Router {
   readonly #hostId: string;
   /** Where containers listen on this machine. */
   readonly #containerHost: string;
-  readonly #rr = new RoundRobin();
+  /** Round robin state per tenant record (dropped with the record). */
+  readonly #rr = new WeakMap<TenantRecord, { id: string; weight: number; inflight: number; current: number; container: string }[]>();
 
   constructor(registry: Registry, names: RouteNames, hostId: string, containerHost = '127.0.0.1') {
     this.#registry = registry;
@@ -104,9 +199,9 @@ export class LocalProxyRouter implements Router {
     this.#containerHost = containerHost;
   }
 
-  resolve(host: string): MaybePromise<Route> {
+  resolve(host: string, ctx: ResolveContext): MaybePromise<Route> {
     const name = classifyHost(host, this.#names);
-    if (name.kind === 'apex') throw new ProxyError('unknown_tenant', `${host} is the zone apex; no tenant is served there`);
+    if (name.kind === 'apex') throw apexError(host);
     if (name.kind === 'structured') {
       if (name.host !== this.#hostId) {
         throw new ProxyError('unknown_host', `this local proxy serves host ${this.#hostId}, not host ${name.host} (from ${host})`);
@@ -115,17 +210,31 @@ export class LocalProxyRouter implements Router {
     }
     return then(this.#registry.lookup('tenants', name.name), (t) => {
       if (t.value === null) throw new ProxyError('unknown_tenant', `no tenant is registered for ${host}`);
-      const here = t.value.targets.filter((x) => x.host === this.#hostId);
-      const first = this.#rr.order(here)[0];
-      if (first === undefined) throw new ProxyError('unknown_container', `tenant ${name.name} has no container on host ${this.#hostId}`);
-      return this.#container(first.container, undefined);
+      const here = this.#here(t.value);
+      const chosen = ctx.req.headers[TARGET_HEADER];
+      const wanted = typeof chosen === 'string' ? here.find((x) => x.container === chosen) : undefined;
+      const pick = wanted ?? pickRoundRobin(here);
+      if (pick === undefined) throw new ProxyError('unknown_container', `tenant ${name.name} has no container on host ${this.#hostId}`);
+      return this.#container(pick.container, undefined);
     });
   }
 
   failure(kind: FailureKind, route: Route, err: Error): ProxyError {
+    if (kind === 'stale') return new ProxyError('unknown_container', `${route.label} is not known (${err.message})`);
     if (kind === 'connect') return new ProxyError('upstream_refused', `${route.label} refused the connection (${err.message})`);
     if (kind === 'timeout') return new ProxyError('upstream_timeout', `${route.label} did not answer in time`);
     return new ProxyError('upstream_broken', `${route.label} broke the connection (${err.message})`);
+  }
+
+  #here(rec: TenantRecord) {
+    let list = this.#rr.get(rec);
+    if (list === undefined) {
+      list = rec.targets
+        .filter((x) => x.host === this.#hostId)
+        .map((x) => ({ id: x.container, container: x.container, weight: x.weight ?? 1, inflight: 0, current: 0 }));
+      this.#rr.set(rec, list);
+    }
+    return list;
   }
 
   #container(containerId: string, app: string | undefined): MaybePromise<Route> {
