@@ -1,12 +1,16 @@
-/** `tenant-gateway <command> [flags]`: parse, start, stop cleanly on SIGTERM/SIGINT. */
+/**
+ * `tenant-gateway <command> [flags]`: parse, start; SIGTERM/SIGINT drain and exit 0 (a second
+ * one exits at once), SIGHUP reloads the runtime-changeable settings.
+ */
 import { start } from './compose.js';
-import { parseConfig, usage, UsageError } from './config.js';
+import { parseConfig, usage, UsageError, type Config } from './config.js';
 import { jsonLogger as log } from './log.js';
 
 async function main(): Promise<void> {
+  const argv = process.argv.slice(2);
   let config;
   try {
-    config = parseConfig(process.argv.slice(2));
+    config = parseConfig(argv);
   } catch (err) {
     if (err instanceof UsageError) {
       process.stderr.write(`tenant-gateway: ${err.message}\n`);
@@ -18,16 +22,33 @@ async function main(): Promise<void> {
     process.stdout.write(`${usage()}\n`);
     return;
   }
-  const running = await start(config, log);
+  const reloadConfig = (): Config => {
+    const next = parseConfig(argv);
+    if (next === 'help') throw new UsageError('no command');
+    return next;
+  };
+  const running = await start(config, log, { reloadConfig });
+  let stopping = false;
   const stop = (signal: string) => {
-    log('info', 'stopping', { signal });
+    if (stopping) {
+      log('warn', 'stopping now, without waiting for in-flight requests', { signal });
+      process.exit(1);
+    }
+    stopping = true;
+    log('info', 'draining', { signal });
     running.close().then(
-      () => process.exit(0),
+      () => {
+        log('info', 'stopped', { signal });
+        process.exit(0);
+      },
       () => process.exit(1),
     );
   };
-  process.once('SIGTERM', () => stop('SIGTERM'));
-  process.once('SIGINT', () => stop('SIGINT'));
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGHUP', () => {
+    running.reload().catch((err: Error) => log('error', `reload failed, nothing was changed: ${err.message}`));
+  });
 }
 
 main().catch((err: Error) => {

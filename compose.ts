@@ -19,6 +19,11 @@ import { Forwarder } from './gateway/forward.js';
 import { createProxyServer } from './gateway/proxy-server.js';
 import { GatewayRouter, LocalProxyRouter } from './gateway/router.js';
 import type { Logger } from './log.js';
+import { AccessLog } from './ops/access-log.js';
+import { mountOps } from './ops/admin-routes.js';
+import { drainServer } from './ops/drain.js';
+import { Metrics } from './ops/metrics.js';
+import { applyReload, leveledLogger, type ReloadResult } from './ops/runtime.js';
 
 const ROLES: Record<Command, { gateway: boolean; localProxy: boolean; dns: boolean; writesFile: boolean }> = {
   up: { gateway: true, localProxy: true, dns: true, writesFile: true },
@@ -33,12 +38,27 @@ export interface Running {
   addresses: { http?: AddressInfo; admin?: AddressInfo; dns?: number; localProxy?: AddressInfo };
   /** The admin token, when this process serves the admin API. */
   token?: string;
+  metrics: Metrics;
+  /** Applies the runtime-changeable settings of `next` (default: the config re-read); SIGHUP and POST /v1/reload. */
+  reload(next?: Config): Promise<ReloadResult>;
+  /** Drains: front listeners first (bounded by --drain-timeout), then the local proxy and DNS, then the registry. */
   close(): Promise<void>;
 }
 
-export async function start(config: Config, log: Logger): Promise<Running> {
+export interface StartOptions {
+  /** Re-reads flags, environment and --config file, for reloads. */
+  reloadConfig?: () => Config;
+}
+
+type Closer = (deadline: number) => Promise<void>;
+
+export async function start(config: Config, rawLog: Logger, opts: StartOptions = {}): Promise<Running> {
+  const { log, setLevel } = leveledLogger(rawLog, config.logLevel);
   const roles = ROLES[config.command];
   const warn = (msg: string) => log('warn', msg);
+  // Before the registry: an access log that cannot be opened stops start-up with nothing to undo.
+  const metrics = new Metrics({ maxTenants: config.metricsTenants });
+  const accessLog = new AccessLog(config.accessLog, { warn });
   const backend = await openBackend(config.registry, {
     writable: roles.writesFile,
     warn,
@@ -50,22 +70,56 @@ export async function start(config: Config, log: Logger): Promise<Running> {
   await registry.start();
   log('info', 'registry ready', { registry: backend.description });
 
-  const closers: (() => Promise<void>)[] = [];
-  const running: Running = { registry, addresses: {}, close: async () => {} };
+  // Stages drained in order: the gateway and admin listeners, then what they forward to.
+  const front: Closer[] = [];
+  const closers: Closer[] = [];
+  metrics.watchRegistry(registry);
+  metrics.watchAccessLog(accessLog.stats);
+  const observer = {
+    requestDone: (rec: Parameters<Metrics['requestDone']>[0]) => {
+      metrics.requestDone(rec);
+      accessLog.requestDone(rec);
+    },
+  };
+  let settings = config;
+  const reload = async (next: Config = opts.reloadConfig?.() ?? settings): Promise<ReloadResult> => {
+    const { config: now, result } = await applyReload(settings, next, {
+      setAccessLog: (t) => accessLog.setTarget(t),
+      setLogLevel: setLevel,
+      setMetricsTenants: (n) => metrics.setMaxTenants(n),
+      setTrustedProxies: (ips) => {
+        trusted.clear();
+        for (const ip of ips) trusted.add(plainIp(ip));
+      },
+    });
+    settings = now;
+    log('info', 'reloaded', { ...result });
+    if (result.restartRequired.length > 0) log('warn', `changed settings that take effect only at restart: ${result.restartRequired.join(', ')}`);
+    return result;
+  };
+  const running: Running = { registry, addresses: {}, metrics, reload, close: async () => {} };
   const forwarder = new Forwarder({ connectTimeoutMs: config.connectTimeoutMs, upstreamTimeoutMs: config.upstreamTimeoutMs });
-  const finish = () => forwarder.close();
+  const finish = async () => {
+    await forwarder.close();
+    await accessLog.close();
+  };
   const trusted = new Set(config.trustedProxies.map(plainIp));
+  const drain = (server: http.Server, role: string) => async (deadline: number) => {
+    const { forced } = await drainServer(server, deadline);
+    if (forced > 0) log('warn', `drain timeout: closed ${forced} ${role} connection(s) still busy`, { role });
+  };
 
   try {
     if (roles.localProxy) {
       const server = createProxyServer({
         component: 'local-proxy',
+        observer,
         router: new LocalProxyRouter(registry, config.names, config.hostId, config.containerHost),
         forwarder,
         isTrusted: (ip) => isLoopback(ip) || trusted.has(plainIp(ip)),
       });
       const addr = await listen(server, config.localPort, config.bind);
-      closers.push(() => closeServer(server));
+      closers.push(drain(server, 'local-proxy'));
       running.addresses.localProxy = addr;
       log('info', 'listening', { role: 'local-proxy', hostId: config.hostId, address: `${addr.address}:${addr.port}` });
       const address = config.advertise ?? `127.0.0.1:${addr.port}`;
@@ -73,24 +127,27 @@ export async function start(config: Config, log: Logger): Promise<Running> {
     }
 
     if (roles.gateway) {
-      const router = new GatewayRouter(registry, config.names);
-      const server = createProxyServer({ component: 'gateway', router, forwarder, isTrusted: (ip) => trusted.has(plainIp(ip)) });
+      const router = new GatewayRouter(registry, config.names, forwarder);
+      closers.push(async () => router.close());
+      const server = createProxyServer({ component: 'gateway', observer, router, forwarder, isTrusted: (ip) => trusted.has(plainIp(ip)) });
       const addr = await listen(server, config.httpPort, config.bind);
-      closers.push(() => closeServer(server));
+      const gatewayId = config.gatewayId ?? `gw-${config.gatewayIp}-${addr.port}`.replace(/[^a-zA-Z0-9.-]/g, '-');
+      // Deregistered as the drain starts, so DNS stops answering this gateway while it finishes.
+      front.push((deadline) => Promise.all([registry.delete('gateways', gatewayId).catch(() => false), drain(server, 'gateway')(deadline)]).then(() => {}));
       running.addresses.http = addr;
       log('info', 'listening', { role: 'gateway', address: `${addr.address}:${addr.port}` });
 
       const token = await adminToken(config.dataDir);
       running.token = token;
       const app = createAdminApp({ registry, names: config.names, router, token });
+      mountOps(app, { metrics, registry, token, metricsAuth: () => settings.metricsAuth, reload: () => reload() });
       const admin = createAdaptorServer({ fetch: app.fetch }) as http.Server;
       const adminAddr = await listen(admin, config.adminPort, config.adminHost);
-      closers.push(() => closeServer(admin));
+      front.push(drain(admin, 'admin'));
       running.addresses.admin = adminAddr;
       log('info', 'listening', { role: 'admin', address: `${adminAddr.address}:${adminAddr.port}` });
 
-      const id = config.gatewayId ?? `gw-${config.gatewayIp}-${addr.port}`.replace(/[^a-zA-Z0-9.-]/g, '-');
-      await selfRegister(() => registry.put('gateways', id, { ip: config.gatewayIp }, true), `gateway ${id} (${config.gatewayIp})`, log);
+      await selfRegister(() => registry.put('gateways', gatewayId, { ip: config.gatewayIp }, true), `gateway ${gatewayId} (${config.gatewayIp})`, log);
     }
 
     if (roles.dns) {
@@ -102,23 +159,28 @@ export async function start(config: Config, log: Logger): Promise<Running> {
         warn,
       });
       closers.push(() => dns.close());
+      metrics.watchDns(dns.stats);
       running.addresses.dns = dns.port;
       log('info', 'listening', { role: 'dns', address: `${config.bind}:${dns.port}`, protocols: 'udp,tcp', zone: config.names.domain });
     }
   } catch (err) {
-    await closeAll(closers, finish, registry);
+    await closeAll([front, closers], finish, registry, 0);
     throw err;
   }
 
-
   let closing: Promise<void> | undefined;
-  running.close = () => (closing ??= closeAll(closers, finish, registry));
+  running.close = () => (closing ??= closeAll([front, closers], finish, registry, settings.drainTimeoutMs));
   return running;
 }
 
-/** Listeners stop together (each finishing its in-flight requests), then pools and tunnels, then the registry (ephemerals go). */
-async function closeAll(closers: (() => Promise<void>)[], finish: () => Promise<void>, registry: Registry): Promise<void> {
-  await Promise.all(closers.map((close) => close().catch(() => {})));
+/**
+ * Stage by stage, each listener stops accepting and finishes its in-flight requests (all
+ * stages share one deadline, `drainMs` from now); then pools and tunnels, then the registry
+ * (ephemerals go). The gateway drains before the local proxy it forwards to in the same process.
+ */
+async function closeAll(stages: Closer[][], finish: () => Promise<void>, registry: Registry, drainMs: number): Promise<void> {
+  const deadline = Date.now() + drainMs;
+  for (const stage of stages) await Promise.all(stage.map((close) => close(deadline).catch(() => {})));
   await finish().catch(() => {});
   await registry.close().catch(() => {});
 }
@@ -158,21 +220,6 @@ function listen(server: http.Server, port: number, host: string): Promise<Addres
       server.off('error', reject);
       resolve(server.address() as AddressInfo);
     });
-  });
-}
-
-/** Stops accepting, closes idle keep-alive connections, and gives busy ones `graceMs`. */
-async function closeServer(server: http.Server, graceMs = 5_000): Promise<void> {
-  await new Promise<void>((resolve) => {
-    const timer = setTimeout(() => {
-      server.closeAllConnections();
-      resolve();
-    }, graceMs);
-    server.close(() => {
-      clearTimeout(timer);
-      resolve();
-    });
-    server.closeIdleConnections();
   });
 }
 

@@ -6,6 +6,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { compileHostPattern, DEFAULT_HOST_PATTERN, normalizeDomain, type RouteNames } from './gateway/host.js';
 import { hostIdSchema } from './discovery/records.js';
+import { readConfigFile } from './ops/config-file.js';
 
 export const COMMANDS = {
   up: 'all in one process: registry, gateway, admin API, DNS and a local proxy for this machine',
@@ -41,6 +42,12 @@ const FLAGS = {
   'upstream-timeout': { default: '60', help: 'seconds to wait for an upstream response head, and between body chunks' },
   'zk-auth': { default: '', help: 'ZooKeeper digest credentials user:password (ACL on created znodes)' },
   'zk-session-timeout': { default: '10', help: 'ZooKeeper session timeout in seconds' },
+  config: { default: '', help: 'a JSON or YAML file of these flags ({"http-port": 8080}); flags and TGW_* variables override it' },
+  'access-log': { default: 'off', help: 'one JSON line per request: off, stdout, or a file path (reloadable)' },
+  'log-level': { default: 'info', help: 'info, warn or error (reloadable)' },
+  'drain-timeout': { default: '30', help: 'seconds SIGTERM/SIGINT waits for in-flight requests before closing them (reloadable)' },
+  'metrics-tenants': { default: '100', help: 'tenants with their own /metrics series (the busiest); the rest count as tenant="other" (reloadable)' },
+  'metrics-auth': { default: 'token', help: 'token: GET /metrics needs the admin token (Bearer); none: open (reloadable)' },
 } as const satisfies Record<string, FlagSpec>;
 type Flag = keyof typeof FLAGS;
 
@@ -65,7 +72,18 @@ export interface Config {
   upstreamTimeoutMs: number;
   zkAuth: string | undefined;
   zkSessionTimeoutMs: number;
+  /** The --config file, absolute, when one was given. */
+  configFile: string | undefined;
+  /** "off", "stdout", or an absolute file path. */
+  accessLog: string;
+  logLevel: LogLevel;
+  drainTimeoutMs: number;
+  metricsTenants: number;
+  metricsAuth: 'token' | 'none';
 }
+
+export const LOG_LEVELS = ['info', 'warn', 'error'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
 
 export class UsageError extends Error {
   override readonly name = 'UsageError';
@@ -98,35 +116,69 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
   if (!(command! in COMMANDS)) throw new UsageError(`unknown command ${JSON.stringify(command)}\n\n${usage()}`);
   if (extra.length > 0) throw new UsageError(`unexpected argument ${JSON.stringify(extra[0])}`);
 
+  // Precedence: flag, then TGW_<NAME>, then the --config file, then the default.
   const values = parsed.values as Record<string, string | undefined>;
-  const get = (flag: Flag): string => values[flag] ?? env[envName(flag)] ?? FLAGS[flag].default;
+  const configPath = values.config ?? env[envName('config')] ?? '';
+  const configFile = configPath === '' ? undefined : path.resolve(configPath);
+  let fromFile: Record<string, string> = {};
+  if (configFile !== undefined) {
+    try {
+      fromFile = readConfigFile(configFile, Object.keys(FLAGS).filter((f) => f !== 'config'));
+    } catch (err) {
+      throw new UsageError((err as Error).message);
+    }
+  }
+  const get = (flag: Flag): string => values[flag] ?? env[envName(flag)] ?? fromFile[flag] ?? FLAGS[flag].default;
+  /** Where a value came from, for error messages: "--http-port", "TGW_HTTP_PORT" or "http-port in gw.yaml". */
+  const source = (flag: Flag): string =>
+    values[flag] === undefined && env[envName(flag)] === undefined && fromFile[flag] !== undefined && configFile !== undefined
+      ? `"${flag}" in ${path.basename(configFile)}`
+      : values[flag] === undefined && env[envName(flag)] !== undefined
+        ? envName(flag)
+        : `--${flag}`;
   const port = (flag: Flag): number => {
     const v = get(flag);
     const n = Number(v);
-    if (!/^\d+$/.test(v) || n > 65535) throw new UsageError(`--${flag} must be a port number 0-65535; got ${JSON.stringify(v)}`);
+    if (!/^\d+$/.test(v) || n > 65535) throw new UsageError(`${source(flag)} must be a port number 0-65535; got ${JSON.stringify(v)}`);
     return n;
   };
   const seconds = (flag: Flag): number => {
     const v = get(flag);
     const n = Number(v);
-    if (!(n > 0) || n > 86_400) throw new UsageError(`--${flag} must be a number of seconds (0-86400]; got ${JSON.stringify(v)}`);
+    if (!(n > 0) || n > 86_400) throw new UsageError(`${source(flag)} must be a number of seconds (0-86400]; got ${JSON.stringify(v)}`);
     return Math.round(n * 1000);
   };
-  const wrap = <T>(f: () => T): T => {
+  const oneOf = <T extends string>(flag: Flag, allowed: readonly T[]): T => {
+    const v = get(flag);
+    if (!(allowed as readonly string[]).includes(v)) throw new UsageError(`${source(flag)} must be one of ${allowed.join(', ')}; got ${JSON.stringify(v)}`);
+    return v as T;
+  };
+  const count = (flag: Flag, max: number): number => {
+    const v = get(flag);
+    const n = Number(v);
+    if (!/^\d+$/.test(v) || n > max) throw new UsageError(`${source(flag)} must be a whole number 0-${max}; got ${JSON.stringify(v)}`);
+    return n;
+  };
+  const wrap = <T>(flag: Flag, f: () => T): T => {
     try {
       return f();
     } catch (err) {
-      throw new UsageError((err as Error).message);
+      // host.ts messages name the flag; name the file or variable when the value came from one.
+      const from = source(flag);
+      throw new UsageError(from === `--${flag}` ? (err as Error).message : `${from}: ${(err as Error).message}`);
     }
   };
 
-  const domain = wrap(() => normalizeDomain(get('domain')));
-  const hostPattern = wrap(() => compileHostPattern(get('host-pattern'), domain));
+  const accessLog = get('access-log');
+  if (accessLog === '') throw new UsageError(`${source('access-log')} must be off, stdout or a file path`);
+
+  const domain = wrap('domain', () => normalizeDomain(get('domain')));
+  const hostPattern = wrap('host-pattern', () => compileHostPattern(get('host-pattern'), domain));
   const hostId = get('host-id');
-  if (!hostIdSchema.safeParse(hostId).success) throw new UsageError(`--host-id must be one DNS label of a-z, 0-9 and '-'; got ${JSON.stringify(hostId)}`);
+  if (!hostIdSchema.safeParse(hostId).success) throw new UsageError(`${source('host-id')} must be one DNS label of a-z, 0-9 and '-'; got ${JSON.stringify(hostId)}`);
   const dataDir = path.resolve(get('data-dir'));
   const zkAuth = get('zk-auth');
-  if (zkAuth !== '' && !/^[^:]+:.+$/.test(zkAuth)) throw new UsageError('--zk-auth must be user:password');
+  if (zkAuth !== '' && !/^[^:]+:.+$/.test(zkAuth)) throw new UsageError(`${source('zk-auth')} must be user:password`);
 
   return {
     command: command as Command,
@@ -149,5 +201,11 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
     upstreamTimeoutMs: seconds('upstream-timeout'),
     zkAuth: zkAuth || undefined,
     zkSessionTimeoutMs: seconds('zk-session-timeout'),
+    configFile,
+    accessLog: accessLog === 'off' || accessLog === 'stdout' ? accessLog : path.resolve(accessLog),
+    logLevel: oneOf('log-level', LOG_LEVELS),
+    drainTimeoutMs: seconds('drain-timeout'),
+    metricsTenants: count('metrics-tenants', 10_000),
+    metricsAuth: oneOf('metrics-auth', ['token', 'none'] as const),
   };
 }

@@ -150,7 +150,8 @@ export function createAdminApp(opts: AdminOptions): Hono {
   app.get('/v1/tenants/:name', async (c) => {
     const name = tenantName(c);
     const rec = await registry.read('tenants', name);
-    return rec === null ? notFound(c, `tenant ${name}`) : c.json({ name, ...rec });
+    // Replica health and balancing state, once the tenant has seen traffic at this gateway.
+    return rec === null ? notFound(c, `tenant ${name}`) : c.json({ name, ...rec, state: opts.router.describeTenant?.(name) ?? null });
   });
   app.delete('/v1/tenants/:name', async (c) => {
     const name = tenantName(c);
