@@ -6,6 +6,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { compileHostPattern, DEFAULT_HOST_PATTERN, normalizeDomain, type RouteNames } from './gateway/host.js';
 import { hostIdSchema } from './discovery/records.js';
+import { peerMatcher } from './gateway/proxy-server.js';
 import { readConfigFile } from './ops/config-file.js';
 
 export const COMMANDS = {
@@ -37,7 +38,13 @@ const FLAGS = {
   'data-dir': { default: './data', help: 'where the file registry and the admin token live' },
   registry: { default: '', help: 'file:<path> or zk://host:port[,host:port...]/chroot (default file:<data-dir>/registry.json)' },
   'host-pattern': { default: DEFAULT_HOST_PATTERN, help: 'regex for structured names, named groups app, container, host; {domain} = the escaped domain' },
-  'trusted-proxies': { default: '', help: 'comma-separated peer IPs whose X-Forwarded-* are kept (local proxies also trust loopback)' },
+  'trusted-proxies': { default: '', help: 'comma-separated peer IPs or CIDRs (10.0.0.0/8) whose X-Forwarded-* are kept (local proxies also trust loopback)' },
+  'header-timeout': { default: '10', help: 'seconds a client has to send complete request headers (slowloris); 408 after' },
+  'body-timeout': { default: '30', help: 'seconds a request body may pause between bytes; 408 (or a closed connection) after' },
+  'keepalive-timeout': { default: '5', help: 'seconds an idle keep-alive client connection stays open' },
+  'max-connections': { default: '20000', help: 'open client connections per HTTP listener; more are closed on accept (0 = no limit; keep it under the fd limit)' },
+  'dns-rate-limit': { default: '1000', help: 'DNS queries per second per source address over UDP, beyond which queries are dropped (0 = off; loopback is exempt)' },
+  'allow-targets': { default: '', help: 'comma-separated IPs or CIDRs the admin API accepts as host addresses although link-local (169.254.0.0/16, fe80::/10)' },
   'connect-timeout': { default: '5', help: 'seconds to connect upstream' },
   'upstream-timeout': { default: '60', help: 'seconds to wait for an upstream response head, and between body chunks' },
   'zk-auth': { default: '', help: 'ZooKeeper digest credentials user:password (ACL on created znodes)' },
@@ -80,6 +87,12 @@ export interface Config {
   drainTimeoutMs: number;
   metricsTenants: number;
   metricsAuth: 'token' | 'none';
+  headerTimeoutMs: number;
+  bodyTimeoutMs: number;
+  keepAliveTimeoutMs: number;
+  maxConnections: number;
+  dnsRateLimit: number;
+  allowTargets: string[];
 }
 
 export const LOG_LEVELS = ['info', 'warn', 'error'] as const;
@@ -169,6 +182,13 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
     }
   };
 
+  /** Comma-separated IPs/CIDRs, checked here so a typo stops start-up rather than trusting nobody. */
+  const peerList = (flag: Flag): string[] => {
+    const list = get(flag).split(',').map((s) => s.trim()).filter((s) => s !== '');
+    wrap(flag, () => peerMatcher(list, `--${flag}`));
+    return list;
+  };
+
   const accessLog = get('access-log');
   if (accessLog === '') throw new UsageError(`${source('access-log')} must be off, stdout or a file path`);
 
@@ -196,7 +216,7 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
     gatewayId: get('gateway-id') || undefined,
     dataDir,
     registry: get('registry') || `file:${path.join(dataDir, 'registry.json')}`,
-    trustedProxies: get('trusted-proxies').split(',').map((s) => s.trim()).filter((s) => s !== ''),
+    trustedProxies: peerList('trusted-proxies'),
     connectTimeoutMs: seconds('connect-timeout'),
     upstreamTimeoutMs: seconds('upstream-timeout'),
     zkAuth: zkAuth || undefined,
@@ -207,5 +227,11 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
     drainTimeoutMs: seconds('drain-timeout'),
     metricsTenants: count('metrics-tenants', 10_000),
     metricsAuth: oneOf('metrics-auth', ['token', 'none'] as const),
+    headerTimeoutMs: seconds('header-timeout'),
+    bodyTimeoutMs: seconds('body-timeout'),
+    keepAliveTimeoutMs: seconds('keepalive-timeout'),
+    maxConnections: count('max-connections', 1_000_000),
+    dnsRateLimit: count('dns-rate-limit', 1_000_000),
+    allowTargets: peerList('allow-targets'),
   };
 }
