@@ -1,23 +1,23 @@
 /**
  * Forwarding one request to one origin, streaming both ways over bounded keep-alive pools.
  *
- * The client side is node:http (llhttp parses requests strictly); the upstream side is an
- * undici Pool per origin driven through `dispatch`, which the benchmark measured ahead of
- * http.Agent (see README, "Hot path"). Pools live in a bounded LRU: the least recently used
- * origin's pool is closed when more than `maxOrigins` are in use.
+ * The client side is node:http (llhttp parses requests strictly); the upstream side is
+ * gateway/upstream.ts, a pooled HTTP/1.1 client with a strict response parser, chosen by
+ * measurement over undici and http.Agent (README, "Hot path"). Pools live in a bounded LRU:
+ * the least recently used origin's pool is closed when more than `maxOrigins` are in use.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { LRUCache } from 'lru-cache';
-import { Pool, type Dispatcher } from 'undici';
 import type { Address } from '../discovery/records.js';
+import { OriginPool, type RequestHandle, type ResponseSink, type UpstreamError } from './upstream.js';
 
 /** RFC 9110 §7.6.1: hop-by-hop fields, plus those a Connection header names. */
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'http2-settings']);
-/** Set by this proxy; a client's own values are dropped unless the peer is trusted. */
 /** A tunnel half-closed by one side is torn down if the other has not finished by then. */
 const FIN_TIMEOUT_MS = 5_000;
+/** Set by this proxy; a client's own values are dropped unless the peer is trusted. */
 const FORWARDING = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-request-id', 'forwarded']);
 /** Between the gateway and a local proxy only: never accepted from a client, never sent to an app. */
 export const TARGET_HEADER = 'x-tgw-container';
@@ -27,6 +27,8 @@ export interface ForwarderOptions {
   maxOrigins?: number;
   /** Most connections to one origin. */
   connectionsPerOrigin?: number;
+  /** Requests waiting for a connection to one origin beyond that; more fail (503/502). */
+  queuePerOrigin?: number;
   connectTimeoutMs?: number;
   /** Time to the response head, and the longest pause between body chunks. */
   upstreamTimeoutMs?: number;
@@ -61,7 +63,7 @@ export interface ForwardContext {
 }
 
 export class Forwarder {
-  readonly #pools: LRUCache<string, Pool>;
+  readonly #pools: LRUCache<string, OriginPool>;
   readonly #opts: Required<ForwarderOptions>;
   /** Open upgrade tunnels: each entry tears its tunnel down. */
   readonly #tunnels = new Set<() => void>();
@@ -70,13 +72,14 @@ export class Forwarder {
     this.#opts = {
       maxOrigins: opts.maxOrigins ?? 1024,
       connectionsPerOrigin: opts.connectionsPerOrigin ?? 256,
+      queuePerOrigin: opts.queuePerOrigin ?? 1024,
       connectTimeoutMs: opts.connectTimeoutMs ?? 5_000,
       upstreamTimeoutMs: opts.upstreamTimeoutMs ?? 60_000,
       idleTimeoutMs: opts.idleTimeoutMs ?? 4_000,
     };
-    this.#pools = new LRUCache<string, Pool>({
+    this.#pools = new LRUCache<string, OriginPool>({
       max: this.#opts.maxOrigins,
-      dispose: (pool) => void pool.close().catch(() => {}),
+      dispose: (pool) => pool.close(),
     });
   }
 
@@ -86,18 +89,24 @@ export class Forwarder {
 
   async close(): Promise<void> {
     for (const teardown of [...this.#tunnels]) teardown();
-    const pools = [...this.#pools.values()];
-    this.#pools.clear();
-    await Promise.all(pools.map((p) => p.destroy().catch(() => {})));
+    this.#pools.clear(); // dispose closes each pool's idle connections
+    await Promise.resolve();
   }
 
   /** Streams `req` to `origin` and its response back into `res`. */
   forward(req: IncomingMessage, res: ServerResponse, origin: Address, ctx: ForwardContext): void {
-    const headers = requestHeaders(req, ctx, false);
-    const hasBody = req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined;
+    const te = req.headers['transfer-encoding'];
+    const cl = req.headers['content-length'];
+    const hasBody = te !== undefined || (cl !== undefined && cl !== '0');
     const handler = new ResponseHandler(res, ctx);
-    this.#pool(origin).dispatch(
-      { origin: undefined, path: req.url ?? '/', method: req.method ?? 'GET', headers, body: hasBody ? req : null },
+    handler.handle = this.#pool(origin).request(
+      {
+        method: req.method ?? 'GET',
+        head: requestHead(req, ctx, false),
+        body: hasBody ? req : null,
+        // node:http already decoded a chunked request: it goes on chunked (our own framing).
+        bodyLength: te !== undefined ? undefined : Number(cl ?? 0),
+      },
       handler,
     );
   }
@@ -122,10 +131,7 @@ export class Forwarder {
     upstream.once('connect', () => {
       connected = true;
       clearTimeout(timer);
-      const h = requestHeaders(req, ctx, true);
-      let text = `${req.method} ${req.url} HTTP/1.1\r\n`;
-      for (let i = 0; i < h.length; i += 2) text += `${h[i]}: ${h[i + 1]}\r\n`;
-      upstream.write(`${text}\r\n`);
+      upstream.write(`${requestHead(req, ctx, true)}\r\n`);
       if (head.length > 0) upstream.write(head);
       upstream.pipe(client);
       client.pipe(upstream);
@@ -148,29 +154,50 @@ export class Forwarder {
   }
 
   /** One active health check: GET `path` with `headers`; passes on 2xx and 3xx. */
-  async probe(origin: Address, path: string, headers: Record<string, string>, timeoutMs: number): Promise<{ ok: boolean; result: string }> {
-    try {
-      const r = await this.#pool(origin).request({ path, method: 'GET', headers, headersTimeout: timeoutMs, bodyTimeout: timeoutMs, signal: AbortSignal.timeout(timeoutMs) });
-      await r.body.dump({ limit: 64 * 1024 });
-      return { ok: r.statusCode >= 200 && r.statusCode < 400, result: String(r.statusCode) };
-    } catch (err) {
-      const code = (err as { code?: string }).code;
-      return { ok: false, result: code === 'ECONNREFUSED' ? 'refused' : (err as Error).name === 'TimeoutError' || code?.includes('TIMEOUT') ? 'timeout' : (err as Error).message };
-    }
+  probe(origin: Address, path: string, headers: Record<string, string>, timeoutMs: number): Promise<{ ok: boolean; result: string }> {
+    let head = `GET ${path} HTTP/1.1\r\n`;
+    for (const [k, v] of Object.entries(headers)) head += `${k}: ${v}\r\n`;
+    return new Promise((resolve) => {
+      let bytes = 0;
+      const handle = this.#pool(origin).request(
+        { method: 'GET', head, body: null, bodyLength: 0 },
+        {
+          onHead: (status) => {
+            clearTimeout(timer);
+            resolve({ ok: status >= 200 && status < 400, result: String(status) });
+          },
+          // Read (and drop) at most 64 KB of the body; more closes the connection.
+          onData: (chunk) => {
+            bytes += chunk.length;
+            if (bytes > 64 * 1024) handle.abort();
+            return true;
+          },
+          onEnd: () => {},
+          onError: (err) => {
+            clearTimeout(timer);
+            resolve({ ok: false, result: err.kind === 'connect' && /ECONNREFUSED/.test(err.message) ? 'refused' : err.kind === 'timeout' ? 'timeout' : err.message });
+          },
+        },
+      );
+      const timer = setTimeout(() => {
+        handle.abort();
+        resolve({ ok: false, result: 'timeout' });
+      }, timeoutMs);
+    });
   }
 
-  #pool(origin: Address): Pool {
-    const key = origin.host.includes(':') ? `http://[${origin.host}]:${origin.port}` : `http://${origin.host}:${origin.port}`;
+  #pool(origin: Address): OriginPool {
+    const key = `${origin.host}\0${origin.port}`;
     let pool = this.#pools.get(key);
     if (pool === undefined) {
-      pool = new Pool(key, {
-        connections: this.#opts.connectionsPerOrigin,
-        pipelining: 1,
-        connectTimeout: this.#opts.connectTimeoutMs,
-        headersTimeout: this.#opts.upstreamTimeoutMs,
-        bodyTimeout: this.#opts.upstreamTimeoutMs,
-        keepAliveTimeout: this.#opts.idleTimeoutMs,
-        keepAliveMaxTimeout: this.#opts.idleTimeoutMs,
+      pool = new OriginPool({
+        host: origin.host,
+        port: origin.port,
+        maxConnections: this.#opts.connectionsPerOrigin,
+        maxQueue: this.#opts.queuePerOrigin,
+        connectTimeoutMs: this.#opts.connectTimeoutMs,
+        responseTimeoutMs: this.#opts.upstreamTimeoutMs,
+        idleTimeoutMs: this.#opts.idleTimeoutMs,
       });
       this.#pools.set(key, pool);
     }
@@ -178,11 +205,14 @@ export class Forwarder {
   }
 }
 
-/** Headers to send upstream: hop-by-hop removed, forwarding headers set by us. */
-function requestHeaders(req: IncomingMessage, ctx: ForwardContext, upgrade: boolean): string[] {
+/**
+ * The request line and header lines to send upstream: hop-by-hop removed, forwarding headers
+ * set by us. Values come from llhttp, which already refused CR, LF and NUL in them.
+ */
+function requestHead(req: IncomingMessage, ctx: ForwardContext, upgrade: boolean): string {
   const raw = req.rawHeaders;
   const named = connectionTokens(req.headers.connection);
-  const out: string[] = [];
+  let head = `${req.method} ${req.url} HTTP/1.1\r\n`;
   let forwardedFor: string | undefined;
   let proto: string | undefined;
   let fwdHost: string | undefined;
@@ -195,21 +225,22 @@ function requestHeaders(req: IncomingMessage, ctx: ForwardContext, upgrade: bool
       if (lower === 'x-forwarded-for') forwardedFor = forwardedFor === undefined ? value : `${forwardedFor}, ${value}`;
       else if (lower === 'x-forwarded-proto') proto = value;
       else if (lower === 'x-forwarded-host') fwdHost = value;
-      else if (lower === 'forwarded') out.push(name, value);
+      else if (lower === 'forwarded') head += `${name}: ${value}\r\n`;
       continue;
     }
-    // Expect: node:http already answered 100-continue; undici refuses to send it on.
+    // Expect: node:http already answered 100-continue.
     if (HOP_BY_HOP.has(lower) || lower === 'expect' || lower === TARGET_HEADER || (named !== undefined && named.has(lower))) continue;
-    out.push(name, value);
+    head += `${name}: ${value}\r\n`;
   }
-  if (ctx.extraHeaders !== undefined) out.push(...ctx.extraHeaders);
+  const extra = ctx.extraHeaders;
+  if (extra !== undefined) for (let i = 0; i < extra.length; i += 2) head += `${extra[i]}: ${extra[i + 1]}\r\n`;
   const peer = req.socket.remoteAddress ?? '';
-  out.push('x-forwarded-for', forwardedFor === undefined ? peer : `${forwardedFor}, ${peer}`);
-  out.push('x-forwarded-proto', proto ?? (isTls(req) ? 'https' : 'http'));
-  out.push('x-forwarded-host', fwdHost ?? req.headers.host ?? '');
-  out.push('x-request-id', ctx.requestId);
-  if (upgrade) out.push('connection', 'upgrade', 'upgrade', req.headers.upgrade ?? 'websocket');
-  return out;
+  head += `x-forwarded-for: ${forwardedFor === undefined ? peer : `${forwardedFor}, ${peer}`}\r\n`;
+  head += `x-forwarded-proto: ${proto ?? (isTls(req) ? 'https' : 'http')}\r\n`;
+  head += `x-forwarded-host: ${fwdHost ?? req.headers.host ?? ''}\r\n`;
+  head += `x-request-id: ${ctx.requestId}\r\n`;
+  if (upgrade) head += `connection: upgrade\r\nupgrade: ${req.headers.upgrade ?? 'websocket'}\r\n`;
+  return head;
 }
 
 function isTls(req: IncomingMessage): boolean {
@@ -227,15 +258,13 @@ function connectionTokens(value: string | undefined): Set<string> | undefined {
   return set;
 }
 
-/** undici's dispatch handler: streams the response into `res` with backpressure. */
-class ResponseHandler implements Dispatcher.DispatchHandler {
+/** Streams one upstream response into `res`, with backpressure both ways. */
+class ResponseHandler implements ResponseSink {
   readonly #res: ServerResponse;
   readonly #ctx: ForwardContext;
-  #abort: ((err?: Error) => void) | undefined;
+  handle: RequestHandle | undefined;
   #done = false;
   #status = 0;
-  /** The head was a hop error turned into a retry: ignore the rest of this response. */
-  #dropped = false;
 
   constructor(res: ServerResponse, ctx: ForwardContext) {
     this.#res = res;
@@ -244,79 +273,68 @@ class ResponseHandler implements Dispatcher.DispatchHandler {
     res.once('close', () => {
       if (this.#done) return;
       this.#done = true;
-      this.#abort?.(new Error('client closed the connection'));
+      this.handle?.abort();
       this.#ctx.finished?.('aborted', this.#status);
     });
   }
 
-  onConnect(abort: (err?: Error) => void): void {
-    this.#abort = abort;
-    if (this.#res.destroyed) abort(new Error('client closed the connection'));
-  }
-
-  onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string): boolean {
-    if (statusCode < 200) return true; // 1xx: informational, not forwarded
+  onHead(statusCode: number, statusText: string, headers: string[]): void {
+    if (this.#done) return;
     let named: Set<string> | undefined;
     let hopError: string | undefined;
-    for (let i = 0; i < rawHeaders.length; i += 2) {
-      const n = rawHeaders[i] as Buffer;
-      if (n.length === 10 && n.toString('latin1').toLowerCase() === 'connection') {
-        named = connectionTokens((rawHeaders[i + 1] as Buffer).toString('latin1'));
-      } else if (n.length === 11 && n.toString('latin1').toLowerCase() === 'x-tgw-error') {
-        hopError = (rawHeaders[i + 1] as Buffer).toString('latin1');
-      }
+    for (let i = 0; i < headers.length; i += 2) {
+      const n = headers[i] as string;
+      if (n.length === 10 && n.toLowerCase() === 'connection') named = connectionTokens(headers[i + 1]);
+      else if (n.length === 11 && n.toLowerCase() === 'x-tgw-error') hopError = headers[i + 1];
     }
     const retryAs = hopError === undefined ? undefined : this.#ctx.retryHopError?.(statusCode, hopError);
     if (retryAs !== undefined) {
       this.#done = true;
-      this.#dropped = true;
-      this.#abort?.(new Error(`next hop: ${hopError}`));
+      this.handle?.abort();
       this.#ctx.fail(retryAs, new Error(`the next hop answered ${statusCode} ${hopError}`));
-      return false;
+      return;
     }
-    this.#status = statusCode;
     const out: string[] = [];
-    for (let i = 0; i < rawHeaders.length; i += 2) {
-      const name = (rawHeaders[i] as Buffer).toString('latin1');
+    for (let i = 0; i < headers.length; i += 2) {
+      const name = headers[i] as string;
       const lower = name.toLowerCase();
       if (HOP_BY_HOP.has(lower) || (named !== undefined && named.has(lower))) continue;
-      out.push(name, (rawHeaders[i + 1] as Buffer).toString('latin1'));
+      out.push(name, headers[i + 1] as string);
     }
     if (this.#ctx.responseHeaders !== undefined) out.push(...this.#ctx.responseHeaders);
+    this.#status = statusCode;
     this.#res.writeHead(statusCode, statusText, out);
-    this.#res.on('drain', resume);
-    return true;
   }
 
-  onData(chunk: Buffer): boolean {
-    return this.#dropped || this.#res.write(chunk);
+  onData(chunk: Buffer, last: boolean): boolean {
+    if (this.#done) return true;
+    if (last) {
+      // Head and the whole body in one write.
+      this.#res.end(chunk);
+      return true;
+    }
+    if (this.#res.write(chunk)) return true;
+    this.#res.once('drain', () => this.handle?.resume());
+    return false;
   }
 
-  onComplete(): void {
+  onEnd(): void {
     if (this.#done) return;
     this.#done = true;
-    this.#res.end();
+    if (!this.#res.writableEnded) this.#res.end();
     this.#ctx.finished?.(this.#status >= 500 ? '5xx' : 'ok', this.#status);
   }
 
-  onError(err: Error): void {
+  onError(err: UpstreamError, started: boolean): void {
     if (this.#done) return;
     this.#done = true;
-    if (this.#res.headersSent) {
+    if (started || this.#res.headersSent) {
       // Mid-body failure: never a clean end, the client must see the truncation.
       this.#res.destroy(err);
       this.#ctx.finished?.('broken', this.#status);
       return;
     }
-    this.#ctx.fail(classify(err), err);
+    this.#ctx.fail(err.kind, err);
   }
 }
 
-function classify(err: Error): FailureKind {
-  const code = (err as { code?: string }).code;
-  if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') return 'timeout';
-  if (code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'ECONNREFUSED' || code === 'EHOSTUNREACH' || code === 'ENETUNREACH' || code === 'EADDRNOTAVAIL') {
-    return 'connect';
-  }
-  return 'broken';
-}
