@@ -10,13 +10,17 @@ import { freePort, request, startApp, waitFor, type App } from './support/util.j
 
 const appOf = (body: string) => (JSON.parse(body) as { app: string }).app;
 
-/** Runs `workers` request loops against `host` until `stop()` resolves; counts outcomes. */
+/**
+ * Runs `workers` request loops against `host` until `stop()` (or, by themselves, after 30 s
+ * or 50,000 requests); counts outcomes.
+ */
 function steadyLoad(port: number, host: string, workers: number) {
   const agent = new http.Agent({ keepAlive: true, maxSockets: workers });
   const stats = { ok: 0, failed: [] as string[], byApp: new Map<string, number>() };
   let running = true;
+  const until = Date.now() + 30_000;
   const loop = async () => {
-    while (running) {
+    while (running && Date.now() < until && stats.ok + stats.failed.length < 50_000) {
       try {
         const r = await request(port, { headers: { host }, agent });
         if (r.status === 200) {
@@ -183,11 +187,15 @@ describe('replicas: balancing, health, stickiness, retries, moves', () => {
     const [k1] = await containers('01', 'kill1', 'kill2');
     await tenant('killer', { targets: [{ host: '01', container: 'kill1' }, { host: '01', container: 'kill2' }] });
     const load = steadyLoad(node.httpPort, 'killer.test.priv', 8);
-    await waitFor(() => load.stats.ok > 200, 'load to start');
-    await k1?.close();
-    const okAtKill = load.stats.ok;
-    await waitFor(() => load.stats.ok > okAtKill + 400, 'load after the kill');
-    const stats = await load.stop();
+    let stats;
+    try {
+      await waitFor(() => load.stats.ok > 200, 'load to start');
+      await k1?.close();
+      const okAtKill = load.stats.ok;
+      await waitFor(() => load.stats.ok > okAtKill + 400, 'load after the kill');
+    } finally {
+      stats = await load.stop();
+    }
     assert.deepEqual(stats.failed, []);
     const state = JSON.parse((await node.admin('GET', '/v1/tenants/killer')).body) as { state: { replicas: { container: string; healthy: boolean }[] } };
     assert.equal(state.state.replicas.find((r) => r.container === 'kill1')?.healthy, false, 'ejected by passive checks');
@@ -202,15 +210,19 @@ describe('replicas: balancing, health, stickiness, retries, moves', () => {
       const [oldApp] = await containers('01', 'mv');
       await tenant('mover', { targets: [{ host: '01', container: 'mv' }] });
       const load = steadyLoad(node.httpPort, 'mover.test.priv', 6);
-      await waitFor(() => load.stats.ok > 200, 'load to start');
-      // The hard order: the old container stops before its new place is registered.
-      await oldApp?.close();
-      const newApp = await app('mv-new');
-      await node.admin('PUT', '/v1/hosts/02/containers/mv', { app: 'web', port: newApp.port });
-      await tenant('mover', { targets: [{ host: '02', container: 'mv' }] });
-      await node.admin('DELETE', '/v1/hosts/01/containers/mv');
-      await waitFor(() => (load.stats.byApp.get('mv-new') ?? 0) > 300, 'traffic at the new place');
-      const stats = await load.stop();
+      let stats;
+      try {
+        await waitFor(() => load.stats.ok > 200, 'load to start');
+        // The hard order: the old container stops before its new place is registered.
+        await oldApp?.close();
+        const newApp = await app('mv-new');
+        await node.admin('PUT', '/v1/hosts/02/containers/mv', { app: 'web', port: newApp.port });
+        await tenant('mover', { targets: [{ host: '02', container: 'mv' }] });
+        await node.admin('DELETE', '/v1/hosts/01/containers/mv');
+        await waitFor(() => (load.stats.byApp.get('mv-new') ?? 0) > 300, 'traffic at the new place');
+      } finally {
+        stats = await load.stop();
+      }
       assert.deepEqual(stats.failed, []);
     } finally {
       await lp2.close();
