@@ -18,6 +18,7 @@ import { startDnsServer, type DnsServer } from './dns/server.js';
 import { Forwarder } from './gateway/forward.js';
 import { createProxyServer } from './gateway/proxy-server.js';
 import { GatewayRouter, LocalProxyRouter } from './gateway/router.js';
+import { createHttpsServer } from './gateway/tls.js';
 import type { Logger } from './log.js';
 import { AccessLog } from './ops/access-log.js';
 import { mountOps } from './ops/admin-routes.js';
@@ -35,7 +36,7 @@ const ROLES: Record<Command, { gateway: boolean; localProxy: boolean; dns: boole
 export interface Running {
   registry: Registry;
   /** Bound addresses, e.g. {http: "127.0.0.1:8080"}; only those of the roles running. */
-  addresses: { http?: AddressInfo; admin?: AddressInfo; dns?: number; localProxy?: AddressInfo };
+  addresses: { http?: AddressInfo; https?: AddressInfo; admin?: AddressInfo; dns?: number; localProxy?: AddressInfo };
   /** The admin token, when this process serves the admin API. */
   token?: string;
   metrics: Metrics;
@@ -127,10 +128,30 @@ export async function start(config: Config, rawLog: Logger, opts: StartOptions =
     }
 
     if (roles.gateway) {
-      const router = new GatewayRouter(registry, config.names, forwarder);
+      let httpsPort: number | undefined;
+      const router = new GatewayRouter(registry, config.names, forwarder, { httpsPort: () => httpsPort });
       closers.push(async () => router.close());
       const server = createProxyServer({ component: 'gateway', observer, router, forwarder, isTrusted: (ip) => trusted.has(plainIp(ip)) });
       const addr = await listen(server, config.httpPort, config.bind);
+      if (config.tls !== undefined) {
+        // The HTTPS listener hands its requests to the HTTP listener's handlers: one request path.
+        const https = createHttpsServer({
+          registry,
+          domain: config.names.domain,
+          defaultCert: { cert: await fsp.readFile(config.tls.cert), key: await fsp.readFile(config.tls.key) },
+          onRequest: (req, res) => server.emit('request', req, res),
+          onUpgrade: (req, socket, head) => server.emit('upgrade', req, socket, head),
+          warn,
+        });
+        const httpsAddr = await listen(https as unknown as http.Server, config.httpsPort, config.bind);
+        httpsPort = httpsAddr.port;
+        running.addresses.https = httpsAddr;
+        front.push(async (deadline) => {
+          const forced = await https.drain(deadline);
+          if (forced > 0) log('warn', `drain timeout: closed ${forced} https connection(s) still busy`, { role: 'gateway' });
+        });
+        log('info', 'listening', { role: 'gateway-https', address: `${httpsAddr.address}:${httpsAddr.port}`, alpn: 'h2,http/1.1' });
+      }
       const gatewayId = config.gatewayId ?? `gw-${config.gatewayIp}-${addr.port}`.replace(/[^a-zA-Z0-9.-]/g, '-');
       // Deregistered as the drain starts, so DNS stops answering this gateway while it finishes.
       front.push((deadline) => Promise.all([registry.delete('gateways', gatewayId).catch(() => false), drain(server, 'gateway')(deadline)]).then(() => {}));

@@ -26,6 +26,9 @@ const FLAGS = {
   domain: { default: 'test.priv', help: 'the zone: tenants are <name>.<domain>' },
   bind: { default: '127.0.0.1', help: 'address the HTTP, DNS and local proxy listeners bind (0.0.0.0 for all interfaces)' },
   'http-port': { default: '8080', help: 'gateway HTTP port' },
+  'https-port': { default: '8443', help: 'gateway HTTPS port (HTTP/2 and HTTP/1.1); only with --tls-cert and --tls-key' },
+  'tls-cert': { default: '', help: 'PEM file: the default certificate (chain) for *.<domain> and the apex' },
+  'tls-key': { default: '', help: 'PEM file: the default certificate\'s private key' },
   'admin-host': { default: '127.0.0.1', help: 'admin API bind address (keep it private)' },
   'admin-port': { default: '8081', help: 'admin API port' },
   'dns-port': { default: '5353', help: 'DNS port, UDP and TCP' },
@@ -63,6 +66,9 @@ export interface Config {
   names: RouteNames;
   bind: string;
   httpPort: number;
+  httpsPort: number;
+  /** Paths of the default certificate and key; both or neither. */
+  tls: { cert: string; key: string } | undefined;
   adminHost: string;
   adminPort: number;
   dnsPort: number;
@@ -205,6 +211,8 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
     names: { domain, hostPattern },
     bind: get('bind'),
     httpPort: port('http-port'),
+    httpsPort: port('https-port'),
+    tls: tlsFiles(get('tls-cert'), get('tls-key')),
     adminHost: get('admin-host'),
     adminPort: port('admin-port'),
     dnsPort: port('dns-port'),
@@ -234,4 +242,11 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
     dnsRateLimit: count('dns-rate-limit', 1_000_000),
     allowTargets: peerList('allow-targets'),
   };
+}
+
+/** --tls-cert and --tls-key come together; paths are resolved now (the files are read at start). */
+function tlsFiles(cert: string, key: string): { cert: string; key: string } | undefined {
+  if (cert === '' && key === '') return undefined;
+  if (cert === '' || key === '') throw new UsageError('--tls-cert and --tls-key go together: give both PEM files (scripts/dev-ca.sh makes a pair for trying it)');
+  return { cert: path.resolve(cert), key: path.resolve(key) };
 }

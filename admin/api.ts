@@ -3,23 +3,29 @@
  * Separate listener from traffic, loopback by default, bearer token on every /v1 call.
  * Errors are JSON: {"error": code, "field"?: name, "message": what to do}.
  */
-import { createHash, timingSafeEqual } from 'node:crypto';
+import { createHash, timingSafeEqual, X509Certificate } from 'node:crypto';
+import { getConnInfo } from '@hono/node-server/conninfo';
 import { Hono, type Context } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
+import { LRUCache } from 'lru-cache';
 import type { z } from 'zod';
 import { RegistryUnavailableError } from '../discovery/backend.js';
 import type { Registry } from '../discovery/registry.js';
 import {
+  certificateRecord,
   containerIdSchema,
   containerRecord,
   firstIssue,
   hostIdSchema,
   hostRecord,
+  targetProblem,
   tenantRecord,
+  type TargetRules,
 } from '../discovery/records.js';
 import { explainHost } from '../gateway/explain.js';
 import { tenantNameProblem, type RouteNames } from '../gateway/host.js';
 import type { Router } from '../gateway/proxy-server.js';
+import { checkCertificate, summarize } from '../gateway/tls.js';
 
 export interface AdminOptions {
   registry: Registry;
@@ -29,6 +35,13 @@ export interface AdminOptions {
   token: string;
   /** Largest accepted request body. */
   maxBodyBytes?: number;
+  /**
+   * What a registered host address may not be (this gateway's listeners, its ZooKeeper,
+   * link-local); a function because listeners on port 0 learn their port after this app exists.
+   */
+  targetRules?: () => TargetRules;
+  /** Failed authentications per client address within `windowMs` before every call gets 429; default 10 per minute. */
+  authFailures?: { max: number; windowMs: number };
 }
 
 class BadRequest extends Error {
@@ -41,6 +54,20 @@ class BadRequest extends Error {
 }
 
 const digest = (s: string) => createHash('sha256').update(s).digest();
+
+/**
+ * Listener limits for the admin server (createAdaptorServer({fetch, serverOptions})): the same
+ * slowloris and header bounds as the traffic listeners; node's defaults wait 60 s for headers.
+ */
+export const ADMIN_SERVER_OPTIONS = {
+  headersTimeout: 10_000,
+  requestTimeout: 30_000,
+  keepAliveTimeout: 5_000,
+  connectionsCheckingInterval: 1_000,
+  maxHeaderSize: 16 * 1024,
+} as const;
+/** Open admin connections at once (set as server.maxConnections): the admin API is for operators. */
+export const ADMIN_MAX_CONNECTIONS = 256;
 
 export function createAdminApp(opts: AdminOptions): Hono {
   const { registry, names } = opts;
@@ -60,11 +87,29 @@ export function createAdminApp(opts: AdminOptions): Hono {
 
   app.get('/healthz', (c) => c.json({ ok: true, registry: registry.backend.status() }));
 
+  // Per client address: a guesser gets `max` tries per window, then 429 until the window ends,
+  // even for the right token (so a lockout reveals nothing). Bounded: the oldest clients go first.
+  const limit = opts.authFailures ?? { max: 10, windowMs: 60_000 };
+  const failures = new LRUCache<string, { count: number; resetAt: number }>({ max: 10_000 });
+
   // Constant-time compare of digests: the token's length does not leak either.
   app.use('/v1/*', async (c, next) => {
+    const client = clientAddress(c);
+    const now = Date.now();
+    let f = failures.get(client);
+    if (f !== undefined && now >= f.resetAt) {
+      failures.delete(client);
+      f = undefined;
+    }
+    if (f !== undefined && f.count >= limit.max) {
+      c.header('retry-after', String(Math.max(1, Math.ceil((f.resetAt - now) / 1000))));
+      return c.json({ error: 'too_many_requests', message: `too many failed authentications from ${client}; retry after the Retry-After seconds` }, 429);
+    }
     const header = c.req.header('authorization') ?? '';
     const given = header.startsWith('Bearer ') ? header.slice(7) : '';
     if (!timingSafeEqual(digest(given), tokenDigest)) {
+      if (f === undefined) failures.set(client, { count: 1, resetAt: now + limit.windowMs });
+      else f.count++;
       c.header('www-authenticate', 'Bearer realm="tenant-gateway admin"');
       return c.json({ error: 'unauthorized', message: 'send the admin token as "Authorization: Bearer <token>" (see data/admin-token or TGW_ADMIN_TOKEN)' }, 401);
     }
@@ -88,6 +133,8 @@ export function createAdminApp(opts: AdminOptions): Hono {
   app.put('/v1/hosts/:hostId', async (c) => {
     const id = param(c, 'hostId', hostIdSchema);
     const rec = await body(c, hostRecord);
+    const problem = opts.targetRules === undefined ? null : targetProblem(rec.address, opts.targetRules());
+    if (problem !== null) throw new BadRequest('address', problem);
     await registry.put('hosts', id, rec);
     return c.json({ id, ...rec });
   });
@@ -158,6 +205,45 @@ export function createAdminApp(opts: AdminOptions): Hono {
     return (await registry.delete('tenants', name)) ? c.body(null, 204) : notFound(c, `tenant ${name}`);
   });
 
+  // ---- certificates (custom domains' TLS; the key is never sent back) --------------------
+  app.get('/v1/certificates', async (c) => {
+    const page = await registry.list('certificates', { after: c.req.query('after'), limit: 1000 });
+    return c.json({ certificates: page.keys, next: page.next ?? null });
+  });
+  app.put('/v1/certificates/:name', async (c) => {
+    const name = certificateName(c);
+    const rec = await body(c, certificateRecord);
+    const checked = checkCertificate(name, rec);
+    if ('problem' in checked) throw new BadRequest(checked.field, checked.problem);
+    await registry.put('certificates', name, rec);
+    return c.json(checked);
+  });
+  app.get('/v1/certificates/:name', async (c) => {
+    const name = certificateName(c);
+    const rec = await registry.read('certificates', name);
+    if (rec === null) return notFound(c, `certificate ${name}`);
+    try {
+      return c.json(summarize(name, new X509Certificate(rec.cert)));
+    } catch {
+      return c.json({ name, error: 'the stored certificate does not parse' });
+    }
+  });
+  app.delete('/v1/certificates/:name', async (c) => {
+    const name = certificateName(c);
+    return (await registry.delete('certificates', name)) ? c.body(null, 204) : notFound(c, `certificate ${name}`);
+  });
+
+  function certificateName(c: Context): string {
+    const name = c.req.param('name') ?? '';
+    if (!name.includes('.') || tenantNameProblem(name, names) !== null || name.endsWith(`.${names.domain}`)) {
+      throw new BadRequest(
+        'name',
+        `certificates are for customers' own domains (e.g. shop.example.com); names in ${names.domain} use the default certificate (--tls-cert)`,
+      );
+    }
+    return name;
+  }
+
   // ---- explain --------------------------------------------------------------------------
   app.get('/v1/explain', async (c) => {
     const host = c.req.query('host');
@@ -173,6 +259,15 @@ export function createAdminApp(opts: AdminOptions): Hono {
   }
 
   return app;
+}
+
+/** The peer's address; "unknown" outside a node server (app.request in tests). */
+function clientAddress(c: Context): string {
+  try {
+    return getConnInfo(c).remote.address ?? 'unknown';
+  } catch {
+    return 'unknown';
+  }
 }
 
 function param(c: Context, name: string, schema: z.ZodString): string {

@@ -6,13 +6,14 @@
  *   containers/<hostId>/<containerId>  {"app":"wordpress","port":3001}
  *   tenants/<name>                     {"targets":[{"host":"01","container":"c001"}]}
  *   gateways/<gatewayId>               {"ip":"203.0.113.7"}
+ *   certificates/<name>                {"cert":"<PEM chain>","key":"<PEM key>"}
  *
  * Values are plain JSON objects; validation lives one level up (discovery/records.ts), so a
  * backend never has to trust what another writer stored: it hands back what it read.
  * Every call either settles or rejects within a bounded time (RegistryUnavailableError).
  */
-export type Kind = 'hosts' | 'containers' | 'tenants' | 'gateways';
-export const KINDS: readonly Kind[] = ['hosts', 'containers', 'tenants', 'gateways'];
+export type Kind = 'hosts' | 'containers' | 'tenants' | 'gateways' | 'certificates';
+export const KINDS: readonly Kind[] = ['hosts', 'containers', 'tenants', 'gateways', 'certificates'];
 
 export interface PutOptions {
   /** Removed when the writing process (ZooKeeper: its session) goes away. */
@@ -22,7 +23,7 @@ export interface PutOptions {
 export interface ListOptions {
   /** containers only: the host whose containers to list. */
   parent?: string;
-  /** Keys strictly after this one (sorted order): for paging. */
+  /** Keys strictly after this one, in the backend's list order (ZooKeeper tenants: by shard, then name): for paging. */
   after?: string;
   /** At most this many keys. */
   limit?: number;

@@ -33,6 +33,7 @@ interface FileState {
   containers: Record<string, object>;
   tenants: Record<string, object>;
   gateways: Record<string, object>;
+  certificates: Record<string, object>;
   /** "kind/key" of records that belong to the running owner only. */
   ephemeral: string[];
 }
@@ -218,6 +219,7 @@ export class FileBackend implements RegistryBackend {
       containers: new Map(Object.entries(state.containers)),
       tenants: new Map(Object.entries(state.tenants)),
       gateways: new Map(Object.entries(state.gateways)),
+      certificates: new Map(Object.entries(state.certificates)),
     };
     return state;
   }
@@ -264,6 +266,7 @@ export class FileBackend implements RegistryBackend {
       containers: Object.fromEntries(this.#maps.containers),
       tenants: Object.fromEntries(this.#maps.tenants),
       gateways: Object.fromEntries(this.#maps.gateways),
+      certificates: Object.fromEntries(this.#maps.certificates),
       ephemeral: [...this.#ephemeral],
     };
     const tmp = `${this.#path}.${process.pid}.tmp`;
@@ -286,7 +289,7 @@ export class FileBackend implements RegistryBackend {
 }
 
 function emptyMaps(): Maps {
-  return { hosts: new Map(), containers: new Map(), tenants: new Map(), gateways: new Map() };
+  return { hosts: new Map(), containers: new Map(), tenants: new Map(), gateways: new Map(), certificates: new Map() };
 }
 
 function parseState(text: string, file: string): FileState {
@@ -303,6 +306,8 @@ function parseState(text: string, file: string): FileState {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw bad('top level is not an object');
   const o = raw as Record<string, unknown>;
   if (o.version !== 1) throw bad(`unsupported version ${JSON.stringify(o.version)}`);
+  // Kinds added after a file was written start empty (certificates came after version 1).
+  o.certificates ??= {};
   for (const kind of KINDS) {
     const v = o[kind];
     if (typeof v !== 'object' || v === null || Array.isArray(v)) throw bad(`"${kind}" is not an object`);

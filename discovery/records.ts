@@ -69,6 +69,19 @@ export const tenantSettings = {
   /** Most requests in flight per replica (0 = no limit); more wait in a queue of `maxQueue`. */
   maxConn: count('maxConn', 0, 100_000).optional(),
   maxQueue: count('maxQueue', 0, 10_000).optional(),
+  /** Plain HTTP requests answered with 308 to https://; HSTS on HTTPS answers. */
+  https: z
+    .strictObject({
+      redirect: z.boolean().optional(),
+      hsts: z
+        .strictObject({
+          maxAge: count('https.hsts.maxAge', 0, 63_072_000),
+          includeSubDomains: z.boolean().optional(),
+          preload: z.boolean().optional(),
+        })
+        .optional(),
+    })
+    .optional(),
 };
 
 export const tenantRecord = z
@@ -83,13 +96,21 @@ export const tenantRecord = z
   });
 export const gatewayRecord = z.strictObject({ ip: z.string().refine((s) => isIP(s) !== 0, 'ip must be an IPv4 or IPv6 address') });
 
+/** A TLS certificate chain and its private key, PEM; validated in gateway/tls.ts before it is stored. */
+export const certificateRecord = z.strictObject({
+  cert: z.string().min(1, 'cert must be a PEM certificate chain').max(32_768, 'cert must be at most 32 KB of PEM'),
+  key: z.string().min(1, 'key must be a PEM private key').max(16_384, 'key must be at most 16 KB of PEM'),
+});
+export type CertificateRecord = z.infer<typeof certificateRecord>;
+
 export type HostRecord = z.infer<typeof hostRecord>;
 export type ContainerRecord = z.infer<typeof containerRecord>;
 export type Target = z.infer<typeof targetSchema>;
 export type TenantRecord = z.infer<typeof tenantRecord>;
 export type GatewayRecord = z.infer<typeof gatewayRecord>;
 
-import { isIP } from 'node:net';
+import { BlockList, isIP } from 'node:net';
+import os from 'node:os';
 
 export interface Address {
   host: string;
@@ -116,4 +137,69 @@ export function firstIssue(err: z.ZodError): { field: string; message: string } 
   let message = issue.message;
   if (issue.code === 'unrecognized_keys') message = `unknown field(s): ${issue.keys.join(', ')}`;
   return { field, message };
+}
+
+/** A listener this gateway owns (admin API, DNS, its own HTTP port) or depends on (ZooKeeper). */
+export interface ForbiddenTarget {
+  host: string;
+  port: number;
+  /** "admin API", "DNS server", "ZooKeeper"... named in the 400. */
+  what: string;
+}
+
+export interface TargetRules {
+  /** Never a target: forwarding there would loop or open a way in. */
+  forbidden: readonly ForbiddenTarget[];
+  /** Link-local addresses accepted anyway (--allow-targets). */
+  allow?: (ip: string) => boolean;
+}
+
+/** RFC 3927 and RFC 4291 §2.5.6: link-local, where cloud metadata services (169.254.169.254) live. */
+const LINK_LOCAL = new BlockList();
+LINK_LOCAL.addSubnet('169.254.0.0', 16, 'ipv4');
+LINK_LOCAL.addSubnet('fe80::', 10, 'ipv6');
+
+const v4Of = (ip: string): string => (ip.toLowerCase().startsWith('::ffff:') && isIP(ip.slice(7)) === 4 ? ip.slice(7) : ip);
+
+function isLinkLocal(ip: string): boolean {
+  const plain = v4Of(ip);
+  const family = isIP(plain);
+  return family !== 0 && LINK_LOCAL.check(plain, family === 4 ? 'ipv4' : 'ipv6');
+}
+
+let localAddresses: Set<string> | undefined;
+/** Loopback, unspecified, "localhost" and this machine's interface addresses: all reach our own ports. */
+function isThisMachine(host: string): boolean {
+  const h = v4Of(host.toLowerCase());
+  if (h === 'localhost' || h.startsWith('127.') || h === '::1' || h === '0.0.0.0' || h === '::') return true;
+  localAddresses ??= new Set(
+    Object.values(os.networkInterfaces())
+      .flat()
+      .map((i) => (i?.address ?? '').toLowerCase()),
+  );
+  return localAddresses.has(h);
+}
+
+/**
+ * Why a host address given to the admin API must not become a forwarding target, or null.
+ * Loopback stays allowed (one-machine setups run the local proxy there); link-local needs an
+ * explicit --allow-targets; this gateway's own listeners and its ZooKeeper never pass.
+ * Hostnames are checked as text ("localhost" counts as loopback); they are resolved only when used.
+ */
+export function targetProblem(address: string, rules: TargetRules): string | null {
+  const a = parseAddress(address);
+  if (a === undefined) return 'address must be host:port';
+  const host = v4Of(a.host.toLowerCase());
+  if (host === '0.0.0.0' || host === '::') return `address ${address} is the unspecified address: give the address the local proxy listens on`;
+  for (const f of rules.forbidden) {
+    if (f.port !== a.port) continue;
+    const fh = v4Of(f.host.toLowerCase());
+    if (fh === host || (isThisMachine(host) && isThisMachine(fh))) {
+      return `address ${address} is this gateway's ${f.what} (${f.host}:${f.port}); a host address must be a local proxy`;
+    }
+  }
+  if (isLinkLocal(host) && !(rules.allow?.(host) ?? false)) {
+    return `address ${address} is link-local (169.254.0.0/16, fe80::/10), where cloud metadata services answer; allow it with --allow-targets if it really is a local proxy`;
+  }
+  return null;
 }

@@ -9,6 +9,7 @@ import { LRUCache } from 'lru-cache';
 import type { z } from 'zod';
 import { type ChangeEvent, type Kind, type ListResult, type RegistryBackend } from './backend.js';
 import {
+  certificateRecord,
   containerRecord,
   gatewayRecord,
   hostRecord,
@@ -33,6 +34,7 @@ export interface RegistryOptions {
 }
 
 const SCHEMAS = {
+  certificates: certificateRecord,
   hosts: hostRecord,
   containers: containerRecord,
   tenants: tenantRecord,

@@ -10,6 +10,7 @@
  *                                       no getChildren reply nears jute.maxbuffer (1 MB) even
  *                                       with millions of tenants
  *   gateways/<gatewayId>                ephemeral
+ *   certificates/<name>                 a custom domain's PEM chain and key (protect the chroot: --zk-auth)
  *
  * Guarantees:
  * - Every call settles within `opTimeoutMs` (RegistryUnavailableError otherwise); calls are
@@ -754,7 +755,7 @@ export class ZooKeeperBackend implements RegistryBackend {
     if (!path.startsWith(`${this.#root}/`)) return undefined;
     const parts = path.slice(this.#root.length + 1).split('/');
     const [kind, a, b] = parts;
-    if (parts.length === 2 && (kind === 'hosts' || kind === 'gateways') && a) return { kind, key: a };
+    if (parts.length === 2 && (kind === 'hosts' || kind === 'gateways' || kind === 'certificates') && a) return { kind, key: a };
     if (parts.length === 3 && kind === 'containers' && a && b) return { kind, key: `${a}/${b}` };
     if (parts.length === 3 && kind === 'tenants' && b) return { kind, key: b };
     return undefined;

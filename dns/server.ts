@@ -29,13 +29,21 @@ export interface DnsServerOptions {
   tcpIdleTimeoutMs?: number;
   /** Refuse TCP connections beyond this many open at once; default 256. */
   tcpMaxConnections?: number;
+  /**
+   * UDP queries per second per source address (a token bucket holding one second's worth);
+   * queries beyond it are dropped unanswered, so spoofed sources cannot use this server to
+   * amplify. TCP is not limited (a handshake proves the source). 0 or absent = no limit.
+   */
+  rateLimit?: number;
+  /** Sources the rate limit never applies to (e.g. loopback, where benchmarks run). */
+  rateLimitExempt?: (address: string) => boolean;
 }
 
 export interface DnsServer {
   port: number;
   close(): Promise<void>;
-  /** queries: messages received; byRcode: responses sent, by rcode name. The difference was dropped. */
-  stats: { queries: number; byRcode: Record<string, number> };
+  /** queries: messages received; byRcode: responses sent, by rcode name; rateLimited: UDP queries dropped by the rate limit. */
+  stats: { queries: number; byRcode: Record<string, number>; rateLimited: number };
 }
 
 const DEFAULT_TTL = 5;
@@ -45,6 +53,28 @@ const DEFAULT_TCP_MAX_CONNECTIONS = 256;
 const TCP_MAX_PENDING_WRITE = 256 * 1024;
 const BIND_ATTEMPTS = 8;
 const UDP_RECV_BUFFER = 4 * 1024 * 1024;
+/** Sources the rate limiter remembers at once; the longest-known is forgotten first. */
+const RATE_LIMIT_SOURCES = 65_536;
+
+/** Per-source token buckets, bounded; `allow` is O(1) and allocates only for a new source. */
+export function sourceRateLimiter(perSecond: number, now: () => number = Date.now): (source: string) => boolean {
+  const buckets = new Map<string, { tokens: number; at: number }>();
+  return (source) => {
+    const t = now();
+    let b = buckets.get(source);
+    if (b === undefined) {
+      if (buckets.size >= RATE_LIMIT_SOURCES) buckets.delete(buckets.keys().next().value as string);
+      b = { tokens: perSecond, at: t };
+      buckets.set(source, b);
+    } else {
+      b.tokens = Math.min(perSecond, b.tokens + ((t - b.at) * perSecond) / 1000);
+      b.at = t;
+    }
+    if (b.tokens < 1) return false;
+    b.tokens -= 1;
+    return true;
+  };
+}
 
 export async function startDnsServer(opts: DnsServerOptions): Promise<DnsServer> {
   const domain = normalizeZone(opts.domain);
@@ -84,7 +114,10 @@ export async function startDnsServer(opts: DnsServerOptions): Promise<DnsServer>
     return view;
   };
 
-  const stats = { queries: 0, byRcode: {} as Record<string, number> };
+  const stats = { queries: 0, byRcode: {} as Record<string, number>, rateLimited: 0 };
+  const rate = opts.rateLimit ?? 0;
+  const allow = rate > 0 ? sourceRateLimiter(rate) : undefined;
+  const exempt = opts.rateLimitExempt ?? (() => false);
 
   /** The wire answer to one message, or undefined to drop it. Never throws. */
   const respond = (msg: Uint8Array, tcp: boolean): Buffer | undefined => {
@@ -146,6 +179,11 @@ export async function startDnsServer(opts: DnsServerOptions): Promise<DnsServer>
   }
   udpSocket.on('error', (err) => warnOnce(`dns: UDP socket error: ${err.message}`));
   udpSocket.on('message', (msg, rinfo) => {
+    if (allow !== undefined && !exempt(rinfo.address) && !allow(rinfo.address)) {
+      stats.queries++;
+      stats.rateLimited++;
+      return;
+    }
     const out = respond(msg, false);
     if (out) udpSocket.send(out, rinfo.port, rinfo.address);
   });

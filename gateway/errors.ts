@@ -6,6 +6,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 
 export type ProxyErrorCode =
+  | 'https_redirect' // 308
   | 'bad_host' // 400
   | 'unknown_tenant' // 404
   | 'unknown_host'
@@ -18,6 +19,7 @@ export type ProxyErrorCode =
   | 'upstream_timeout'; // 504
 
 const STATUS: Record<ProxyErrorCode, number> = {
+  https_redirect: 308,
   bad_host: 400,
   unknown_tenant: 404,
   unknown_host: 404,
@@ -36,6 +38,8 @@ export class ProxyError extends Error {
   constructor(
     readonly code: ProxyErrorCode,
     message: string,
+    /** Extra response headers (e.g. Location for a redirect). */
+    readonly headers?: Record<string, string>,
   ) {
     super(message);
     this.status = STATUS[code];
@@ -86,6 +90,7 @@ export function sendError(req: IncomingMessage, res: ServerResponse, err: ProxyE
     'x-tgw-error': err.code,
   };
   if (err.status === 503) headers['retry-after'] = 1;
+  if (err.headers !== undefined) Object.assign(headers, err.headers);
   res.writeHead(err.status, headers);
   res.end(req.method === 'HEAD' ? undefined : text);
 }

@@ -98,7 +98,7 @@ export class Forwarder {
     const te = req.headers['transfer-encoding'];
     const cl = req.headers['content-length'];
     const hasBody = te !== undefined || (cl !== undefined && cl !== '0');
-    const handler = new ResponseHandler(res, ctx);
+    const handler = new ResponseHandler(res, ctx, req.httpVersionMajor === 2);
     handler.handle = this.#pool(origin).request(
       {
         method: req.method ?? 'GET',
@@ -216,10 +216,14 @@ function requestHead(req: IncomingMessage, ctx: ForwardContext, upgrade: boolean
   let forwardedFor: string | undefined;
   let proto: string | undefined;
   let fwdHost: string | undefined;
+  let sawHost = false;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i] as string;
     const value = raw[i + 1] as string;
+    // HTTP/2 pseudo-headers (":method", ":authority", ...) are not HTTP/1.1 fields.
+    if (name.charCodeAt(0) === 0x3a /* : */) continue;
     const lower = name.toLowerCase();
+    if (lower === 'host') sawHost = true;
     if (FORWARDING.has(lower)) {
       if (!ctx.trusted) continue;
       if (lower === 'x-forwarded-for') forwardedFor = forwardedFor === undefined ? value : `${forwardedFor}, ${value}`;
@@ -232,15 +236,23 @@ function requestHead(req: IncomingMessage, ctx: ForwardContext, upgrade: boolean
     if (HOP_BY_HOP.has(lower) || lower === 'expect' || lower === TARGET_HEADER || (named !== undefined && named.has(lower))) continue;
     head += `${name}: ${value}\r\n`;
   }
+  // HTTP/2 clients name the host in :authority; HTTP/1.1 requires a Host field.
+  if (!sawHost) head += `host: ${authorityOf(req)}\r\n`;
   const extra = ctx.extraHeaders;
   if (extra !== undefined) for (let i = 0; i < extra.length; i += 2) head += `${extra[i]}: ${extra[i + 1]}\r\n`;
   const peer = req.socket.remoteAddress ?? '';
   head += `x-forwarded-for: ${forwardedFor === undefined ? peer : `${forwardedFor}, ${peer}`}\r\n`;
   head += `x-forwarded-proto: ${proto ?? (isTls(req) ? 'https' : 'http')}\r\n`;
-  head += `x-forwarded-host: ${fwdHost ?? req.headers.host ?? ''}\r\n`;
+  head += `x-forwarded-host: ${fwdHost ?? authorityOf(req)}\r\n`;
   head += `x-request-id: ${ctx.requestId}\r\n`;
   if (upgrade) head += `connection: upgrade\r\nupgrade: ${req.headers.upgrade ?? 'websocket'}\r\n`;
   return head;
+}
+
+/** The Host header, or HTTP/2's :authority. */
+export function authorityOf(req: IncomingMessage): string {
+  const h = req.headers.host ?? req.headers[':authority'];
+  return typeof h === 'string' ? h : '';
 }
 
 function isTls(req: IncomingMessage): boolean {
@@ -265,10 +277,13 @@ class ResponseHandler implements ResponseSink {
   handle: RequestHandle | undefined;
   #done = false;
   #status = 0;
+  /** HTTP/2 has no status text (RFC 9113 §8.3.2). */
+  readonly #h2: boolean;
 
-  constructor(res: ServerResponse, ctx: ForwardContext) {
+  constructor(res: ServerResponse, ctx: ForwardContext, h2: boolean) {
     this.#res = res;
     this.#ctx = ctx;
+    this.#h2 = h2;
     // Client gone before the response finished: abort the upstream request.
     res.once('close', () => {
       if (this.#done) return;
@@ -303,7 +318,8 @@ class ResponseHandler implements ResponseSink {
     }
     if (this.#ctx.responseHeaders !== undefined) out.push(...this.#ctx.responseHeaders);
     this.#status = statusCode;
-    this.#res.writeHead(statusCode, statusText, out);
+    if (this.#h2) this.#res.writeHead(statusCode, out);
+    else this.#res.writeHead(statusCode, statusText, out);
   }
 
   onData(chunk: Buffer, last: boolean): boolean {

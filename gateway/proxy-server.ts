@@ -4,11 +4,12 @@
  */
 import { randomUUID } from 'node:crypto';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { RegistryUnavailableError } from '../discovery/backend.js';
 import type { Address } from '../discovery/records.js';
 import { ProxyError, sendError, sendErrorOnSocket, type Component, type ProxyErrorCode } from './errors.js';
-import type { FailureKind, Forwarder } from './forward.js';
+import { authorityOf, type FailureKind, type Forwarder } from './forward.js';
 import { BadHostError, normalizeHost } from './host.js';
 
 export interface Route {
@@ -102,12 +103,133 @@ export interface ProxyServerOptions {
   keepAliveTimeoutMs?: number;
   /** The whole request (head and body) must arrive within this; 0 = no limit. */
   requestTimeoutMs?: number;
+  /** A request body that pauses longer than this is cut off (408 when no response was sent); 0 = no limit. */
+  bodyTimeoutMs?: number;
+  /** Connections beyond this many open at once are closed on accept; 0 = no limit. */
+  maxConnections?: number;
+}
+
+/** Defaults of the listener limits; the flags in config.ts name the same numbers. */
+export const LISTENER_DEFAULTS = {
+  headersTimeoutMs: 10_000,
+  bodyTimeoutMs: 30_000,
+  keepAliveTimeoutMs: 5_000,
+  requestTimeoutMs: 300_000,
+  maxConnections: 20_000,
+} as const;
+
+/** Request line and headers together (llhttp's limit): beyond it, 431 (or 414 for a long request line). */
+export const MAX_HEADER_BYTES = 16 * 1024;
+/** The request target; beyond it, 414 (RFC 9112 §3: servers must be able to take at least 8000 octets). */
+export const MAX_URL_BYTES = 8 * 1024;
+/**
+ * Header fields per request (HAProxy's default is 101). node counts only name and value bytes
+ * against MAX_HEADER_BYTES and silently drops fields past its maxHeadersCount, so a request
+ * of many tiny fields is refused here instead: 431.
+ */
+export const MAX_HEADER_FIELDS = 256;
+
+/**
+ * Why a request must not be forwarded, checked before routing: the framing and target rules
+ * llhttp leaves to the application. O(header bytes), no allocation on the common path.
+ * undefined = fine; otherwise [status, message]. May rewrite an absolute-form target to origin-form.
+ */
+export function requestProblem(req: IncomingMessage): [number, string] | undefined {
+  const url = req.url ?? '';
+  if (url.length > MAX_URL_BYTES) return [414, `the request target is longer than ${MAX_URL_BYTES} bytes`];
+  const raw = req.rawHeaders;
+  if (raw.length > 2 * MAX_HEADER_FIELDS) return [431, `the request has more than ${MAX_HEADER_FIELDS} header fields`];
+  let hosts = 0;
+  let te = 0;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i] as string;
+    // Only names of these two lengths need a closer look: the loop stays one comparison per header.
+    if (name.length === 4 && name.toLowerCase() === 'host') hosts++;
+    else if (name.length === 17 && name.toLowerCase() === 'transfer-encoding') te++;
+  }
+  // RFC 9112 §3.2: exactly one Host; two (even equal) let two parsers route differently.
+  if (hosts > 1) return [400, 'the request has more than one Host header'];
+  if (te > 0) {
+    // RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 is faulty framing. We accept only "chunked":
+    // any other coding leaves the body length to guesswork (HAProxy and nginx refuse them too).
+    if (req.httpVersionMajor !== 1 || req.httpVersionMinor !== 1) return [400, 'Transfer-Encoding is not allowed in an HTTP/1.0 request'];
+    const value = req.headers['transfer-encoding'] ?? '';
+    if (te > 1 || value.length !== 7 || value.toLowerCase() !== 'chunked') return [400, 'Transfer-Encoding must be exactly "chunked"'];
+  }
+  const c = url.charCodeAt(0);
+  if (c !== 0x2f /* / */) {
+    // RFC 9112 §3.2.2: absolute-form. Its authority must name the same host as Host (one
+    // routing decision, not two), without userinfo; forwarded in origin-form.
+    const lower = url.slice(0, 8).toLowerCase();
+    const start = lower.startsWith('http://') ? 7 : lower.startsWith('https://') ? 8 : -1;
+    if (start < 0) return [400, 'the request target must be a path ("/...") or an absolute http(s) URL'];
+    // No regex: the authority ends at the first "/", "?" or "#" (RFC 3986 §3.2), one scan.
+    let end = start;
+    while (end < url.length && url.charCodeAt(end) !== 0x2f && url.charCodeAt(end) !== 0x3f && url.charCodeAt(end) !== 0x23) end++;
+    const authority = url.slice(start, end);
+    if (authority.includes('@')) return [400, 'the request target must not carry userinfo (user@host)'];
+    let a: string;
+    let h: string;
+    try {
+      a = normalizeHost(authority);
+      h = normalizeHost(req.headers.host);
+    } catch (err) {
+      return [400, `bad host in the request target or Host: ${(err as Error).message}`];
+    }
+    if (a !== h) return [400, `the request target names ${a} but Host names ${h}`];
+    const rest = url.slice(end);
+    req.url = rest === '' ? '/' : rest.charCodeAt(0) === 0x3f /* ? */ ? `/${rest}` : rest;
+  }
+  // A fragment is never sent (RFC 9110 §4.2.4); one in a request is a sign of a confused client.
+  if (req.url?.includes('#')) return [400, 'the request target must not contain "#"'];
+  return undefined;
+}
+
+/**
+ * A matcher for --trusted-proxies: IPs and CIDRs ("10.0.0.0/8", "fd00::/8", "192.0.2.7").
+ * IPv4-mapped IPv6 peers ("::ffff:10.1.2.3") match IPv4 entries. Throws on a malformed entry.
+ */
+export function peerMatcher(list: readonly string[], flag = '--trusted-proxies'): (ip: string) => boolean {
+  if (list.length === 0) return () => false;
+  const blocks = new net.BlockList();
+  for (const entry of list) {
+    const [addr = '', bits, extra] = entry.split('/');
+    const family = net.isIP(addr);
+    const max = family === 4 ? 32 : 128;
+    const prefix = bits === undefined ? max : /^\d{1,3}$/.test(bits) ? Number(bits) : NaN;
+    if (family === 0 || extra !== undefined || !(prefix >= 0 && prefix <= max)) {
+      throw new Error(`${flag}: ${JSON.stringify(entry)} is not an IP address or CIDR (e.g. 10.0.0.0/8, fd00::/8)`);
+    }
+    const type = family === 4 ? 'ipv4' : 'ipv6';
+    if (prefix === max) blocks.addAddress(addr, type);
+    else blocks.addSubnet(addr, prefix, type);
+  }
+  return (ip: string) => {
+    const plain = ip.startsWith('::ffff:') && net.isIP(ip.slice(7)) === 4 ? ip.slice(7) : ip;
+    const family = net.isIP(plain);
+    return family !== 0 && blocks.check(plain, family === 4 ? 'ipv4' : 'ipv6');
+  };
+}
+
+/** Our own answer to a request refused before routing: the connection is closed after it. */
+function refuse(res: ServerResponse, status: number, message: string, requestId: string, component: Component): void {
+  const text = `${JSON.stringify({ status, error: status === 414 ? 'uri_too_long' : 'bad_request', message, requestId, component })}\n`;
+  res.shouldKeepAlive = false;
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), 'x-request-id': requestId, 'cache-control': 'no-store', connection: 'close' });
+  res.end(text);
+}
+
+/** The raw answer when there is no request object (a parse error, a timeout), then close. */
+function refuseOnSocket(socket: Duplex, status: number, message: string): void {
+  const text = `${JSON.stringify({ status, error: status === 408 ? 'request_timeout' : status === 431 ? 'headers_too_large' : status === 414 ? 'uri_too_long' : 'bad_request', message })}\n`;
+  socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(text)}\r\nconnection: close\r\n\r\n${text}`);
 }
 
 const REQUEST_ID_RE = /^[A-Za-z0-9._:-]{1,128}$/;
 
 export function createProxyServer(opts: ProxyServerOptions): http.Server {
   const { component, router, forwarder, isTrusted } = opts;
+  const bodyTimeoutMs = opts.bodyTimeoutMs ?? LISTENER_DEFAULTS.bodyTimeoutMs;
 
   const requestIdOf = (req: IncomingMessage, trusted: boolean): string => {
     const given = req.headers['x-request-id'];
@@ -209,14 +331,21 @@ export function createProxyServer(opts: ProxyServerOptions): http.Server {
       }
     };
 
+    const problem = requestProblem(req);
+    if (problem !== undefined) {
+      refuse(res, problem[0], problem[1], requestId, component);
+      return;
+    }
     try {
-      host = normalizeHost(req.headers.host);
+      host = normalizeHost(authorityOf(req) || undefined);
     } catch (err) {
+      res.shouldKeepAlive = false; // a client that sends a bad Host gets no second chance on this connection
       answer(toProxyError(err));
       req.resume();
       return;
     }
     if (rec !== undefined) rec.host = host;
+    if (hasBody && bodyTimeoutMs > 0 && !req.complete) watchBody(req, res, bodyTimeoutMs, requestId, component);
     resolve();
   };
 
@@ -224,6 +353,8 @@ export function createProxyServer(opts: ProxyServerOptions): http.Server {
     const trusted = isTrusted(req.socket.remoteAddress ?? '');
     const requestId = requestIdOf(req, trusted);
     socket.on('error', () => socket.destroy());
+    const problem = requestProblem(req);
+    if (problem !== undefined) return refuseOnSocket(socket, problem[0], problem[1]);
     const forward = (route: Route) =>
       forwarder.forwardUpgrade(req, socket, head, route.origin, {
         requestId,
@@ -237,7 +368,7 @@ export function createProxyServer(opts: ProxyServerOptions): http.Server {
       });
     const fail = (err: unknown) => sendErrorOnSocket(req, socket, toProxyError(err), requestId, component);
     try {
-      const route = router.resolve(normalizeHost(req.headers.host), { req, clientIp: req.socket.remoteAddress ?? '', tried: undefined, fresh: false, holds: 0 });
+      const route = router.resolve(normalizeHost(authorityOf(req) || undefined), { req, clientIp: req.socket.remoteAddress ?? '', tried: undefined, fresh: false, holds: 0 });
       if (route instanceof Promise) route.then(forward, fail);
       else forward(route);
     } catch (err) {
@@ -245,22 +376,72 @@ export function createProxyServer(opts: ProxyServerOptions): http.Server {
     }
   };
 
+  const headersTimeout = opts.headersTimeoutMs ?? LISTENER_DEFAULTS.headersTimeoutMs;
   const server = http.createServer(
     {
-      headersTimeout: opts.headersTimeoutMs ?? 10_000,
-      requestTimeout: opts.requestTimeoutMs ?? 300_000,
-      keepAliveTimeout: opts.keepAliveTimeoutMs ?? 5_000,
-      maxHeaderSize: 16 * 1024,
+      headersTimeout,
+      requestTimeout: opts.requestTimeoutMs ?? LISTENER_DEFAULTS.requestTimeoutMs,
+      keepAliveTimeout: opts.keepAliveTimeoutMs ?? LISTENER_DEFAULTS.keepAliveTimeoutMs,
+      // Node checks the two timeouts above only this often (default 30 s): a 10 s header
+      // timeout would otherwise cut slow headers off anywhere between 10 and 40 s.
+      connectionsCheckingInterval: Math.max(100, Math.min(1_000, Math.floor(headersTimeout / 4))),
+      maxHeaderSize: MAX_HEADER_BYTES,
     },
     onRequest,
   );
+  // One more than the limit, so requestProblem sees that fields were dropped.
+  server.maxHeadersCount = MAX_HEADER_FIELDS + 1;
+  const maxConnections = opts.maxConnections ?? LISTENER_DEFAULTS.maxConnections;
+  if (maxConnections > 0) server.maxConnections = maxConnections;
   server.on('upgrade', onUpgrade);
-  server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
-    if (!socket.writable) return socket.destroy();
-    const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
-    socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n`);
+  // A CONNECT request is not ours to serve (node would otherwise drop the socket without a word).
+  server.on('connect', (_req: IncomingMessage, socket: Duplex) => {
+    socket.on('error', () => socket.destroy());
+    refuseOnSocket(socket, 405, 'CONNECT is not supported: this is a gateway, not a forward proxy');
   });
+  server.on('clientError', (err: NodeJS.ErrnoException & { rawPacket?: Buffer }, socket: Duplex) => {
+    // A response already under way (a bad chunk mid-body): nothing more can be said on this connection.
+    const inFlight = (socket as { _httpMessage?: ServerResponse | null })._httpMessage;
+    if (!socket.writable || (inFlight != null && inFlight.headersSent)) return socket.destroy();
+    let status = 400;
+    if (err.code === 'HPE_HEADER_OVERFLOW') status = requestLineTooLong(err.rawPacket) ? 414 : 431;
+    else if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') status = 408;
+    refuseOnSocket(socket, status, status === 408 ? 'the request did not arrive in time' : status === 400 ? `malformed request (${err.code ?? 'parse error'})` : status === 414 ? `the request line is longer than ${MAX_URL_BYTES} bytes` : `the request headers are larger than ${MAX_HEADER_BYTES} bytes`);
+    // Never wait for a client that sent garbage: close even if it does not read the answer.
+    setTimeout(() => socket.destroy(), 1_000).unref();
+  });
+  // Accept errors (EMFILE when the fd limit is reached) must not stop the process: libuv
+  // sheds the pending connections and the listener keeps serving the ones it has.
+  server.on('error', () => {});
   return server;
+}
+
+/** The packet that overflowed starts a request whose first line does not end within the URL limit. */
+function requestLineTooLong(packet: Buffer | undefined): boolean {
+  if (packet === undefined || packet.length === 0) return false;
+  const lf = packet.indexOf(0x0a);
+  const firstSpace = packet.indexOf(0x20);
+  // Only a packet that begins with "METHOD " is the start of a request line.
+  return firstSpace > 0 && firstSpace < 32 && (lf === -1 ? packet.length > MAX_URL_BYTES : lf > MAX_URL_BYTES);
+}
+
+/**
+ * A request body that stalls longer than `ms` (slow POST) is cut off: 408 when no response was
+ * sent yet, else the connection is closed. The socket's idle timer does the timing (no timer per
+ * chunk); it is handed back to node's keep-alive handling when the body is complete.
+ */
+function watchBody(req: IncomingMessage, res: ServerResponse, ms: number, requestId: string, component: Component): void {
+  const socket = req.socket;
+  socket.setTimeout(ms);
+  req.once('timeout', () => {
+    if (res.headersSent || res.destroyed) return void socket.destroy();
+    refuse(res, 408, `the request body stalled for more than ${ms / 1000} s`, requestId, component);
+    res.once('finish', () => socket.destroy());
+  });
+  req.once('end', () => {
+    // After the response ended, node has set the keep-alive timeout on the socket: keep it.
+    if (!res.writableEnded) socket.setTimeout(0);
+  });
 }
 
 /** Starts a RequestRecord and reports it when the response is done or the connection closed. */
@@ -276,7 +457,7 @@ function observe(observer: RequestObserver, component: Component, requestId: str
     durationMs: 0,
     method: req.method ?? '',
     path: req.url ?? '',
-    host: req.headers.host ?? '',
+    host: authorityOf(req),
     status: 0,
     completed: false,
     bytes: 0,

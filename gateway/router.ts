@@ -22,6 +22,8 @@ import { Replica, stickyCookie, TenantState, TenantTable } from './tenants.js';
 
 type MaybePromise<T> = T | Promise<T>;
 
+const isTls = (req: IncomingMessage) => (req.socket as { encrypted?: boolean }).encrypted === true;
+
 /** Applies `f` synchronously when `v` is already there, so cached routes never wait a tick. */
 function then<T, U>(v: MaybePromise<T>, f: (t: T) => MaybePromise<U>): MaybePromise<U> {
   return v instanceof Promise ? v.then(f) : f(v);
@@ -46,9 +48,13 @@ export class GatewayRouter implements Router {
   readonly #tenants: TenantTable;
   readonly #unsubscribe: () => void;
 
-  constructor(registry: Registry, names: RouteNames, forwarder: Forwarder) {
+  /** The HTTPS port, when TLS is on: tenants may ask for a redirect there. */
+  readonly #httpsPort: () => number | undefined;
+
+  constructor(registry: Registry, names: RouteNames, forwarder: Forwarder, opts: { httpsPort?: () => number | undefined } = {}) {
     this.#registry = registry;
     this.#names = names;
+    this.#httpsPort = opts.httpsPort ?? (() => undefined);
     this.#tenants = new TenantTable((tenant, replica, check) => this.#probe(forwarder, tenant, replica, check));
     // Any registry change may unblock held requests (a replica registered, a host back).
     this.#unsubscribe = registry.onChange(() => this.#tenants.wakeAll());
@@ -70,8 +76,18 @@ export class GatewayRouter implements Router {
     }
     return then(this.#lookup('tenants', name.name, ctx), (t) => {
       if (t.value === null) throw new ProxyError('unknown_tenant', `no tenant is registered for ${host}`);
-      return this.#choose(this.#tenants.get(name.name, t.value as TenantRecord), host, ctx, undefined);
+      const rec = t.value as TenantRecord;
+      const httpsPort = this.#httpsPort();
+      if (rec.https?.redirect === true && httpsPort !== undefined && !isTls(ctx.req)) throw this.#redirect(host, httpsPort, ctx);
+      return this.#choose(this.#tenants.get(name.name, rec), host, ctx, undefined);
     });
+  }
+
+  /** 308 keeps the method and body (RFC 9110 §15.4.9). */
+  #redirect(host: string, httpsPort: number, ctx: ResolveContext): ProxyError {
+    const port = httpsPort === 443 ? '' : `:${httpsPort}`;
+    const location = `https://${host}${port}${ctx.req.url ?? '/'}`;
+    return new ProxyError('https_redirect', `this tenant is served over HTTPS: ${location}`, { location });
   }
 
   failure(kind: FailureKind, route: Route, err: Error): ProxyError {
@@ -137,13 +153,20 @@ export class GatewayRouter implements Router {
     r.inflight++;
     const cookie = stickyCookie(state, r);
     const sent = cookie === undefined ? undefined : (ctx.req.headers.cookie ?? '');
+    const extra: string[] = [];
+    // Set the cookie only when the client does not already carry this replica's value.
+    if (cookie !== undefined && !(sent as string).includes(`=${r.cookie}`)) extra.push('set-cookie', cookie);
+    const hsts = state.record.https?.hsts;
+    // RFC 6797 §7.2: HSTS only on secure transport.
+    if (hsts !== undefined && isTls(ctx.req)) {
+      extra.push('strict-transport-security', `max-age=${hsts.maxAge}${hsts.includeSubDomains ? '; includeSubDomains' : ''}${hsts.preload ? '; preload' : ''}`);
+    }
     return {
       ...route,
       label: `${route.label} (tenant ${state.name}, container ${r.container})`,
       replica: r.id,
       headers: [TARGET_HEADER, r.container],
-      // Set the cookie only when the client does not already carry this replica's value.
-      responseHeaders: cookie !== undefined && !(sent as string).includes(`=${r.cookie}`) ? ['set-cookie', cookie] : undefined,
+      responseHeaders: extra.length > 0 ? extra : undefined,
       retry: { attempts: state.settings.retries.attempts, deadlineMs: state.settings.retries.deadlineMs },
       release: (outcome) => state.release(r, outcome, Date.now()),
     };

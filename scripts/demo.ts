@@ -4,16 +4,18 @@
  * data dir), registers through the admin API, asks the DNS server, requests through the
  * gateway, then stops everything and exits 0 (1 on the first step that fails).
  */
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { Resolver } from 'node:dns/promises';
 import fs from 'node:fs';
 import http from 'node:http';
+import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-const BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../bin/tenant-gateway.js');
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const BIN = path.join(ROOT, 'bin/tenant-gateway.js');
 const TOKEN = 'demo-token';
 
 function startApp(name: string): Promise<http.Server> {
@@ -52,7 +54,11 @@ async function main(): Promise<void> {
   const shopPort = (shop.address() as AddressInfo).port;
   process.stdout.write(`tenant apps listening on 127.0.0.1:${wpPort} and 127.0.0.1:${shopPort}\n`);
 
-  const args = ['up', '--http-port', '0', '--admin-port', '0', '--dns-port', '0', '--local-port', '0', '--data-dir', dataDir];
+  // A local CA and a wildcard certificate for *.test.priv, for the HTTPS step.
+  const caDir = path.join(dataDir, 'ca');
+  execFileSync('bash', [path.join(ROOT, 'scripts/dev-ca.sh'), caDir, 'test.priv'], { stdio: 'ignore' });
+  const tlsArgs = ['--https-port', '0', '--tls-cert', path.join(caDir, 'wildcard.pem'), '--tls-key', path.join(caDir, 'wildcard-key.pem')];
+  const args = ['up', '--http-port', '0', '--admin-port', '0', '--dns-port', '0', '--local-port', '0', '--data-dir', dataDir, ...tlsArgs];
   step('start the gateway (DNS, gateway, admin API, local proxy for host 01)', `tenant-gateway ${args.join(' ')}`);
   const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, TGW_ADMIN_TOKEN: TOKEN }, stdio: ['ignore', 'pipe', 'inherit'] });
   const ports: Record<string, number> = {};
@@ -114,6 +120,21 @@ async function main(): Promise<void> {
     r = await call(http, 'GET', '/', { host: 'shop.example.com' });
     process.stdout.write(`$ curl -H 'Host: shop.example.com' localhost:${http}/\n${r.status} ${r.body}\n`);
     expect(r.status === 200 && r.body.includes('shop'), 'custom domain routing');
+
+    step('HTTPS: TLS offload with SNI and ALPN (certificate from scripts/dev-ca.sh)', `curl --cacert ${caDir}/ca.pem --resolve acme.test.priv:${ports['gateway-https']}:127.0.0.1 https://acme.test.priv:${ports['gateway-https']}/`);
+    const secure = await new Promise<{ status: number; body: string; alpn: string }>((resolve, reject) => {
+      const req = https.get(
+        { host: '127.0.0.1', port: ports['gateway-https'], servername: 'acme.test.priv', headers: { host: 'acme.test.priv' }, ca: fs.readFileSync(path.join(caDir, 'ca.pem')), agent: false },
+        (res) => {
+          let text = '';
+          res.on('data', (d: Buffer) => (text += d.toString()));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text.trim(), alpn: String((res.socket as import('node:tls').TLSSocket).alpnProtocol) }));
+        },
+      );
+      req.on('error', reject);
+    });
+    process.stdout.write(`${secure.status} ${secure.body} (TLS, ALPN ${secure.alpn})\n`);
+    expect(secure.status === 200 && secure.body.includes('wordpress'), 'HTTPS routing');
 
     step('explain how a name routes', `curl -H "Authorization: Bearer $TOKEN" 'localhost:${admin}/v1/explain?host=acme.test.priv'`);
     r = await call(admin, 'GET', '/v1/explain?host=acme.test.priv', auth);
