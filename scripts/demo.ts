@@ -124,7 +124,7 @@ async function main(): Promise<void> {
     step('HTTPS: TLS offload with SNI and ALPN (certificate from scripts/dev-ca.sh)', `curl --cacert ${caDir}/ca.pem --resolve acme.test.priv:${ports['gateway-https']}:127.0.0.1 https://acme.test.priv:${ports['gateway-https']}/`);
     const secure = await new Promise<{ status: number; body: string; alpn: string }>((resolve, reject) => {
       const req = https.get(
-        { host: '127.0.0.1', port: ports['gateway-https'] ?? 0, servername: 'acme.test.priv', ALPNProtocols: ['http/1.1'], headers: { host: 'acme.test.priv' }, ca: fs.readFileSync(path.join(caDir, 'ca.pem')), agent: false },
+        { host: '127.0.0.1', port: ports['gateway-https'] ?? 0, servername: 'acme.test.priv', ALPNProtocols: ['http/1.1'], headers: { host: 'acme.test.priv' }, ca: fs.readFileSync(path.join(caDir, 'ca.pem')), agent: false } as https.RequestOptions,
         (res) => {
           let text = '';
           res.on('data', (d: Buffer) => (text += d.toString()));
