@@ -227,18 +227,20 @@ export class FileBackend implements RegistryBackend {
   /** Readers: reload when the owner renames a new file into place. */
   #follow(): void {
     const base = path.basename(this.#path);
-    let timer: NodeJS.Timeout | undefined;
+    let pending = false;
     this.#watcher = fs.watch(path.dirname(this.#path), (_event, file) => {
-      if (file !== base || timer) return;
-      timer = setTimeout(() => {
-        timer = undefined;
+      if (file !== base || pending) return;
+      pending = true;
+      // Events of one rename arrive together: one reload for them, as soon as possible.
+      setImmediate(() => {
+        pending = false;
         this.#read()
           .then(() => {
             this.#syncedAt = Date.now();
             for (const kind of KINDS) this.#emit({ kind });
           })
           .catch((err: Error) => process.emitWarning(`file registry reload failed, keeping the last good state: ${err.message}`));
-      }, 5);
+      });
     });
     this.#watcher.unref();
   }

@@ -136,7 +136,8 @@ export class GatewayRouter implements Router {
     const bound = atMaxConn ? s.maxQueue : s.hold.queue;
     const until = holdUntil ?? now + s.hold.timeoutMs;
     if (until <= now || state.waiting >= bound) throw this.#noReplica(state, addresses, now, until <= now ? s.hold.timeoutMs : undefined);
-    const backoff = Math.min(1_000, 50 * 2 ** ctx.holds++);
+    // 5, 10, 20 ms...: a next hop that lags the registry usually catches up within the first.
+    const backoff = Math.min(1_000, 5 * 2 ** ctx.holds++);
     return state.waitForChange(Math.min(until - now, backoff)).then(() => {
       if (Date.now() >= until) throw this.#noReplica(state, addresses, Date.now(), s.hold.timeoutMs);
       ctx.tried = undefined; // every replica deserves a new try; attempts stay bounded

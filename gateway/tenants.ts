@@ -33,8 +33,8 @@ export class Replica implements Weighted {
   weight: number;
   inflight = 0;
   current = 0;
-  /** Sticky cookie value: a digest, so the cookie reveals nothing about the layout. */
-  readonly cookie: string;
+  readonly #tenant: string;
+  #cookie: string | undefined;
   consecutiveFailures = 0;
   /** Passive check: no new requests before this (ms since epoch). */
   ejectedUntil = 0;
@@ -48,7 +48,13 @@ export class Replica implements Weighted {
     this.host = host;
     this.container = container;
     this.weight = weight;
-    this.cookie = createHash('sha256').update(`${tenant}\0${this.id}`).digest('base64url').slice(0, 16);
+    this.#tenant = tenant;
+  }
+
+  /** Sticky cookie value: a digest, so the cookie reveals nothing about the layout. Computed on first use. */
+  get cookie(): string {
+    this.#cookie ??= createHash('sha256').update(`${this.#tenant}\0${this.id}`).digest('base64url').slice(0, 16);
+    return this.#cookie;
   }
 
   healthy(now: number): boolean {

@@ -78,7 +78,7 @@ export interface PoolOptions {
 /** One origin's connections. */
 export class OriginPool {
   readonly #opts: PoolOptions;
-  readonly #idle: net.Socket[] = [];
+  readonly #idle: Conn[] = [];
   #open = 0;
   readonly #queue: (() => void)[] = [];
   #closed = false;
@@ -93,42 +93,37 @@ export class OriginPool {
 
   request(spec: UpstreamRequestSpec, sink: ResponseSink): RequestHandle {
     const exchange = new Exchange(this, spec, sink, this.#opts);
-    this.#acquire((socket, reused) => exchange.start(socket, reused), (err) => exchange.fail(err));
+    this.#acquire((conn, reused) => exchange.start(conn, reused), (err) => exchange.fail(err));
     return exchange;
   }
 
   close(): void {
     this.#closed = true;
-    for (const s of this.#idle.splice(0)) s.destroy();
+    for (const c of this.#idle.splice(0)) c.socket.destroy();
     for (const q of this.#queue.splice(0)) q();
   }
 
   /** Hands out an idle connection, a new one, or queues (bounded). */
-  #acquire(use: (s: net.Socket, reused: boolean) => void, fail: (err: UpstreamError) => void): void {
+  #acquire(use: (c: Conn, reused: boolean) => void, fail: (err: UpstreamError) => void): void {
     if (this.#closed) return fail(new UpstreamError('connect', 'the connection pool is closed'));
     const idle = this.#idle.pop();
-    if (idle !== undefined) {
-      idle.removeAllListeners('data').removeAllListeners('timeout').removeAllListeners('end');
-      return use(idle, true);
-    }
+    if (idle !== undefined) return use(idle, true);
     if (this.#open < this.#opts.maxConnections) {
       this.#open++;
       const socket = net.connect({ host: this.#opts.host, port: this.#opts.port });
       socket.setNoDelay(true);
-      // Errors on an idle connection only close it ('close' follows); exchanges add their own.
-      socket.on('error', () => {});
       const timer = setTimeout(() => socket.destroy(new UpstreamError('connect', `connect timed out after ${this.#opts.connectTimeoutMs} ms`)), this.#opts.connectTimeoutMs);
       const onError = (err: Error) => {
         clearTimeout(timer);
         fail(err instanceof UpstreamError ? err : new UpstreamError('connect', err.message));
       };
       socket.once('error', onError);
-      socket.once('close', () => this.#released());
+      const conn = new Conn(socket, () => this.#released(conn));
       socket.once('connect', () => {
         clearTimeout(timer);
         socket.off('error', onError);
         socket.setKeepAlive(true, 30_000);
-        use(socket, false);
+        use(conn, false);
       });
       return;
     }
@@ -139,36 +134,45 @@ export class OriginPool {
   }
 
   /** A finished exchange gives its connection back for reuse. */
-  park(socket: net.Socket): void {
-    const next = this.#queue.shift();
-    if (next !== undefined) {
-      socket.resume();
-      this.#idle.push(socket);
-      return next();
-    }
-    if (this.#closed) return void socket.destroy();
-    socket.setTimeout(this.#opts.idleTimeoutMs);
-    const drop = () => {
-      const i = this.#idle.indexOf(socket);
-      if (i !== -1) this.#idle.splice(i, 1);
-      socket.destroy();
-    };
-    socket.once('timeout', drop);
-    socket.once('end', drop);
-    // Bytes on an idle connection break HTTP's framing: never reuse it.
-    socket.once('data', drop);
+  park(conn: Conn): void {
+    if (this.#closed) return void conn.socket.destroy();
+    conn.socket.setTimeout(this.#opts.idleTimeoutMs);
     // The last exchange may have paused it for backpressure.
-    socket.resume();
-    this.#idle.push(socket);
+    conn.socket.resume();
+    this.#idle.push(conn);
+    this.#queue.shift()?.();
   }
 
   /** A connection closed (any state): room for a queued request. */
-  #released(): void {
+  #released(conn: Conn): void {
     this.#open--;
-    const i = this.#idle.findIndex((s) => s.destroyed);
+    const i = this.#idle.indexOf(conn);
     if (i !== -1) this.#idle.splice(i, 1);
-    const next = this.#queue.shift();
-    if (next !== undefined) next();
+    this.#queue.shift()?.();
+  }
+}
+
+/**
+ * One upstream connection. Its socket listeners are set once, for its whole life, and route
+ * to the exchange it serves; while idle, any byte, timeout or end closes it (a response
+ * nobody asked for would break HTTP's framing).
+ */
+class Conn {
+  readonly socket: net.Socket;
+  exchange: Exchange | undefined;
+
+  constructor(socket: net.Socket, released: () => void) {
+    this.socket = socket;
+    socket.on('data', (d: Buffer) => (this.exchange !== undefined ? this.exchange.onData(d) : socket.destroy()));
+    socket.on('timeout', () => (this.exchange !== undefined ? this.exchange.onTimeout() : socket.destroy()));
+    socket.on('end', () => {
+      if (this.exchange === undefined) socket.destroy();
+    });
+    socket.on('error', (err: Error) => this.exchange?.onClose(err));
+    socket.on('close', () => {
+      this.exchange?.onClose(false);
+      released();
+    });
   }
 }
 
@@ -180,7 +184,7 @@ class Exchange implements RequestHandle {
   readonly #spec: UpstreamRequestSpec;
   readonly #sink: ResponseSink;
   readonly #opts: PoolOptions;
-  #socket: net.Socket | undefined;
+  #conn: Conn | undefined;
   #reused = false;
   #head: Buffer | undefined;
   #started = false;
@@ -201,15 +205,13 @@ class Exchange implements RequestHandle {
     this.#opts = opts;
   }
 
-  start(socket: net.Socket, reused: boolean): void {
-    if (this.#done) return this.#pool.park(socket);
-    this.#socket = socket;
+  start(conn: Conn, reused: boolean): void {
+    if (this.#done) return this.#pool.park(conn);
+    this.#conn = conn;
+    conn.exchange = this;
     this.#reused = reused;
+    const socket = conn.socket;
     socket.setTimeout(this.#opts.responseTimeoutMs);
-    socket.on('data', this.#onData);
-    socket.on('timeout', this.#onTimeout);
-    socket.on('error', this.#onError);
-    socket.on('close', this.#onClose);
     const { body, head, bodyLength } = this.#spec;
     if (body === null) {
       this.#bodySent = true;
@@ -223,18 +225,18 @@ class Exchange implements RequestHandle {
   abort(): void {
     if (this.#done) return;
     this.#done = true;
-    this.#socket?.destroy();
+    this.#conn?.socket.destroy();
     this.#spec.body?.unpipe();
   }
 
   resume(): void {
-    if (!this.#done) this.#socket?.resume();
+    if (!this.#done) this.#conn?.socket.resume();
   }
 
   fail(err: UpstreamError): void {
     if (this.#done) return;
     this.#done = true;
-    this.#socket?.destroy();
+    this.#conn?.socket.destroy();
     this.#sink.onError(err, this.#started);
   }
 
@@ -256,7 +258,7 @@ class Exchange implements RequestHandle {
     body.once('aborted', () => this.abort());
   }
 
-  readonly #onData = (data: Buffer): void => {
+  onData(data: Buffer): void {
     this.#gotBytes = true;
     if (this.#done) return;
     try {
@@ -268,7 +270,7 @@ class Exchange implements RequestHandle {
     } catch (err) {
       this.fail(err instanceof UpstreamError ? err : new UpstreamError('broken', (err as Error).message));
     }
-  };
+  }
 
   /** Accumulates and parses the head; returns what follows it (or nothing). */
   #parseHead(data: Buffer): Buffer {
@@ -406,7 +408,7 @@ class Exchange implements RequestHandle {
   }
 
   #deliver(chunk: Buffer, last: boolean): void {
-    if (!this.#sink.onData(chunk, last)) this.#socket?.pause();
+    if (!this.#sink.onData(chunk, last)) this.#conn?.socket.pause();
   }
 
   #bodyDone(): void {
@@ -427,23 +429,18 @@ class Exchange implements RequestHandle {
       this.#spec.body?.unpipe();
     }
     this.#done = true;
-    const socket = this.#socket as net.Socket;
-    socket.off('data', this.#onData).off('timeout', this.#onTimeout).off('error', this.#onError).off('close', this.#onClose);
-    socket.setTimeout(0);
-    if (this.#reusable && this.#bodySent) this.#pool.park(socket);
-    else socket.destroy();
+    const conn = this.#conn as Conn;
+    conn.exchange = undefined;
+    if (this.#reusable && this.#bodySent) this.#pool.park(conn);
+    else conn.socket.destroy();
     this.#sink.onEnd();
   }
 
-  readonly #onTimeout = (): void => {
+  onTimeout(): void {
     this.fail(new UpstreamError(this.#started ? 'broken' : 'timeout', this.#started ? 'the response body stalled' : 'no response in time'));
-  };
+  }
 
-  readonly #onError = (err: Error): void => {
-    this.#onClose(err);
-  };
-
-  readonly #onClose = (err?: Error | boolean): void => {
+  onClose(err: Error | false): void {
     if (this.#done) return;
     if (this.#framing.kind === 'close' && this.#started && !(err instanceof Error)) {
       // Close-delimited body: the close is its end.
@@ -457,7 +454,7 @@ class Exchange implements RequestHandle {
     const message = err instanceof Error ? err.message : 'the connection closed';
     // A reused keep-alive connection the upstream closed just as we sent: retry on a fresh one.
     if (this.#reused && !this.#gotBytes && this.#spec.body === null) {
-      this.#socket = undefined;
+      this.#conn = undefined;
       this.#reused = false;
       const retry = this.#pool.request(this.#spec, this.#sink) as Exchange;
       this.#done = true;
@@ -466,5 +463,5 @@ class Exchange implements RequestHandle {
       return;
     }
     this.fail(new UpstreamError('broken', message));
-  };
+  }
 }
