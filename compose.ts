@@ -9,14 +9,15 @@ import type { AddressInfo } from 'node:net';
 
 import path from 'node:path';
 import { createAdaptorServer } from '@hono/node-server';
-import { createAdminApp } from './admin/api.js';
+import { ADMIN_MAX_CONNECTIONS, ADMIN_SERVER_OPTIONS, createAdminApp } from './admin/api.js';
 import type { Command, Config } from './config.js';
 import { RegistryUnavailableError } from './discovery/backend.js';
 import { openBackend } from './discovery/open.js';
 import { Registry } from './discovery/registry.js';
 import { startDnsServer, type DnsServer } from './dns/server.js';
 import { Forwarder } from './gateway/forward.js';
-import { createProxyServer } from './gateway/proxy-server.js';
+import { createProxyServer, peerMatcher } from './gateway/proxy-server.js';
+import type { ForbiddenTarget } from './discovery/records.js';
 import { GatewayRouter, LocalProxyRouter } from './gateway/router.js';
 import { createHttpsServer } from './gateway/tls.js';
 import type { Logger } from './log.js';
@@ -89,8 +90,7 @@ export async function start(config: Config, rawLog: Logger, opts: StartOptions =
       setLogLevel: setLevel,
       setMetricsTenants: (n) => metrics.setMaxTenants(n),
       setTrustedProxies: (ips) => {
-        trusted.clear();
-        for (const ip of ips) trusted.add(plainIp(ip));
+        trusted = peerMatcher(ips);
       },
     });
     settings = now;
@@ -104,7 +104,15 @@ export async function start(config: Config, rawLog: Logger, opts: StartOptions =
     await forwarder.close();
     await accessLog.close();
   };
-  const trusted = new Set(config.trustedProxies.map(plainIp));
+  let trusted = peerMatcher(config.trustedProxies);
+  const limits = {
+    headersTimeoutMs: config.headerTimeoutMs,
+    bodyTimeoutMs: config.bodyTimeoutMs,
+    keepAliveTimeoutMs: config.keepAliveTimeoutMs,
+    maxConnections: config.maxConnections,
+  };
+  // Addresses a registered host may not point at: this process's own listeners, its ZooKeeper.
+  const forbidden: ForbiddenTarget[] = zkTargets(config.registry);
   const drain = (server: http.Server, role: string) => async (deadline: number) => {
     const { forced } = await drainServer(server, deadline);
     if (forced > 0) log('warn', `drain timeout: closed ${forced} ${role} connection(s) still busy`, { role });
@@ -117,7 +125,8 @@ export async function start(config: Config, rawLog: Logger, opts: StartOptions =
         observer,
         router: new LocalProxyRouter(registry, config.names, config.hostId, config.containerHost),
         forwarder,
-        isTrusted: (ip) => isLoopback(ip) || trusted.has(plainIp(ip)),
+        isTrusted: (ip) => isLoopback(ip) || trusted(ip),
+        ...limits,
       });
       const addr = await listen(server, config.localPort, config.bind);
       closers.push(drain(server, 'local-proxy'));
@@ -131,8 +140,9 @@ export async function start(config: Config, rawLog: Logger, opts: StartOptions =
       let httpsPort: number | undefined;
       const router = new GatewayRouter(registry, config.names, forwarder, { httpsPort: () => httpsPort });
       closers.push(async () => router.close());
-      const server = createProxyServer({ component: 'gateway', observer, router, forwarder, isTrusted: (ip) => trusted.has(plainIp(ip)) });
+      const server = createProxyServer({ component: 'gateway', observer, router, forwarder, isTrusted: (ip) => trusted(ip), ...limits });
       const addr = await listen(server, config.httpPort, config.bind);
+      forbidden.push({ host: addr.address, port: addr.port, what: 'gateway HTTP listener' });
       if (config.tls !== undefined) {
         // The HTTPS listener hands its requests to the HTTP listener's handlers: one request path.
         const https = createHttpsServer({
@@ -145,6 +155,7 @@ export async function start(config: Config, rawLog: Logger, opts: StartOptions =
         });
         const httpsAddr = await listen(https as unknown as http.Server, config.httpsPort, config.bind);
         httpsPort = httpsAddr.port;
+        forbidden.push({ host: httpsAddr.address, port: httpsAddr.port, what: 'gateway HTTPS listener' });
         running.addresses.https = httpsAddr;
         front.push(async (deadline) => {
           const forced = await https.drain(deadline);
@@ -160,10 +171,13 @@ export async function start(config: Config, rawLog: Logger, opts: StartOptions =
 
       const token = await adminToken(config.dataDir);
       running.token = token;
-      const app = createAdminApp({ registry, names: config.names, router, token });
+      const allow = peerMatcher(config.allowTargets, '--allow-targets');
+      const app = createAdminApp({ registry, names: config.names, router, token, targetRules: () => ({ forbidden, allow }) });
       mountOps(app, { metrics, registry, token, metricsAuth: () => settings.metricsAuth, reload: () => reload() });
-      const admin = createAdaptorServer({ fetch: app.fetch }) as http.Server;
+      const admin = createAdaptorServer({ fetch: app.fetch, serverOptions: ADMIN_SERVER_OPTIONS }) as http.Server;
+      admin.maxConnections = ADMIN_MAX_CONNECTIONS;
       const adminAddr = await listen(admin, config.adminPort, config.adminHost);
+      forbidden.push({ host: adminAddr.address, port: adminAddr.port, what: 'admin API' });
       front.push(drain(admin, 'admin'));
       running.addresses.admin = adminAddr;
       log('info', 'listening', { role: 'admin', address: `${adminAddr.address}:${adminAddr.port}` });
@@ -178,7 +192,10 @@ export async function start(config: Config, rawLog: Logger, opts: StartOptions =
         port: config.dnsPort,
         gateways: () => registry.gateways(),
         warn,
+        rateLimit: config.dnsRateLimit,
+        rateLimitExempt: isLoopback,
       });
+      forbidden.push({ host: config.bind, port: dns.port, what: 'DNS server' });
       closers.push(() => dns.close());
       metrics.watchDns(dns.stats);
       running.addresses.dns = dns.port;
@@ -248,3 +265,16 @@ const plainIp = (ip: string) => (ip.startsWith('::ffff:') ? ip.slice(7) : ip);
 const isLoopback = (ip: string) => plainIp(ip).startsWith('127.') || ip === '::1';
 
 
+
+/** zk://h1:p1,h2:p2/chroot -> its servers, as forbidden targets; [] for a file registry. */
+function zkTargets(registry: string): ForbiddenTarget[] {
+  if (!registry.startsWith('zk://')) return [];
+  const hosts = registry.slice('zk://'.length).split('/')[0] ?? '';
+  return hosts
+    .split(',')
+    .map((hp) => {
+      const i = hp.lastIndexOf(':');
+      return { host: hp.slice(0, i).replace(/^\[|\]$/g, ''), port: Number(hp.slice(i + 1)), what: 'ZooKeeper' };
+    })
+    .filter((t) => t.host !== '' && Number.isInteger(t.port));
+}

@@ -259,13 +259,16 @@ function isTls(req: IncomingMessage): boolean {
   return (req.socket as { encrypted?: boolean }).encrypted === true;
 }
 
-/** Field names listed in a Connection header (lowercase), except our own forwarding ones. */
+/** Fields a Connection header may never remove: ours, and those that frame or route the message. */
+const NOT_HOP_BY_HOP = new Set([...FORWARDING, 'host', 'content-length', TARGET_HEADER]);
+
+/** Field names listed in a Connection header (lowercase), except those in NOT_HOP_BY_HOP. */
 function connectionTokens(value: string | undefined): Set<string> | undefined {
   if (value === undefined) return undefined;
   const set = new Set<string>();
   for (const t of value.split(',')) {
     const name = t.trim().toLowerCase();
-    if (name !== '' && !FORWARDING.has(name)) set.add(name);
+    if (name !== '' && !NOT_HOP_BY_HOP.has(name)) set.add(name);
   }
   return set;
 }

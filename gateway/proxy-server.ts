@@ -41,6 +41,8 @@ export interface ResolveContext {
   fresh: boolean;
   /** How often this request waited for a replica (backoff grows with it). */
   holds: number;
+  /** Never wait for a replica: a retry after an app answered badly (not a move). */
+  noHold?: boolean;
 }
 
 export interface Router {
@@ -212,10 +214,15 @@ export function peerMatcher(list: readonly string[], flag = '--trusted-proxies')
 }
 
 /** Our own answer to a request refused before routing: the connection is closed after it. */
-function refuse(res: ServerResponse, status: number, message: string, requestId: string, component: Component): void {
+function refuse(req: IncomingMessage, res: ServerResponse, status: number, message: string, requestId: string, component: Component): void {
   const text = `${JSON.stringify({ status, error: status === 414 ? 'uri_too_long' : 'bad_request', message, requestId, component })}\n`;
-  res.shouldKeepAlive = false;
-  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), 'x-request-id': requestId, 'cache-control': 'no-store', connection: 'close' });
+  const headers: Record<string, string | number> = { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), 'x-request-id': requestId, 'cache-control': 'no-store' };
+  // HTTP/1 only: HTTP/2 (the HTTPS listener hands its requests here) forbids a Connection field.
+  if (req.httpVersionMajor === 1) {
+    res.shouldKeepAlive = false;
+    headers.connection = 'close';
+  }
+  res.writeHead(status, headers);
   res.end(text);
 }
 
@@ -258,6 +265,10 @@ export function createProxyServer(opts: ProxyServerOptions): http.Server {
     const hasBody = (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0') || req.headers['transfer-encoding'] !== undefined;
     const startedAt = Date.now();
     let attempts = 0;
+    /** The failure a retry started from, answered when no other replica can take the request. */
+    let lastFailure: ProxyError | undefined;
+    const orLastFailure = (err: unknown): ProxyError =>
+      lastFailure !== undefined && err instanceof ProxyError && err.code === 'no_healthy_replica' ? lastFailure : toProxyError(err);
     let host = '';
 
     const canRetry = (route: Route, kind: FailureKind): boolean =>
@@ -301,6 +312,12 @@ export function createProxyServer(opts: ProxyServerOptions): http.Server {
           if (!canRetry(route, kind)) return answer(router.failure(kind, route, err));
           // A lagging next hop costs no attempt: the deadline bounds those retries.
           if (kind !== 'stale') attempts++;
+          if (kind === 'broken' || kind === 'timeout') {
+            // The app was reached and answered badly: try another replica, but do not hold
+            // (holding is for moves); with none, the client gets this failure, not a 503.
+            ctx.noHold = true;
+            lastFailure = router.failure(kind, route, err);
+          }
           (ctx.tried ??= new Set()).add(route.replica as string);
           ctx.fresh = kind === 'connect' || kind === 'stale';
           resolve();
@@ -314,7 +331,7 @@ export function createProxyServer(opts: ProxyServerOptions): http.Server {
       try {
         route = router.resolve(host, ctx);
       } catch (err) {
-        answer(toProxyError(err));
+        answer(orLastFailure(err));
         req.resume();
         return;
       }
@@ -322,7 +339,7 @@ export function createProxyServer(opts: ProxyServerOptions): http.Server {
         route.then(
           (r) => (res.destroyed ? r.release?.('aborted') : forward(r)),
           (err: unknown) => {
-            answer(toProxyError(err));
+            answer(orLastFailure(err));
             req.resume();
           },
         );
@@ -333,7 +350,7 @@ export function createProxyServer(opts: ProxyServerOptions): http.Server {
 
     const problem = requestProblem(req);
     if (problem !== undefined) {
-      refuse(res, problem[0], problem[1], requestId, component);
+      refuse(req, res, problem[0], problem[1], requestId, component);
       return;
     }
     try {
@@ -345,7 +362,8 @@ export function createProxyServer(opts: ProxyServerOptions): http.Server {
       return;
     }
     if (rec !== undefined) rec.host = host;
-    if (hasBody && bodyTimeoutMs > 0 && !req.complete) watchBody(req, res, bodyTimeoutMs, requestId, component);
+    // HTTP/1 only: an HTTP/2 stream's socket is the session's, shared with other requests.
+    if (hasBody && bodyTimeoutMs > 0 && !req.complete && req.httpVersionMajor === 1) watchBody(req, res, bodyTimeoutMs, requestId, component);
     resolve();
   };
 
@@ -435,7 +453,7 @@ function watchBody(req: IncomingMessage, res: ServerResponse, ms: number, reques
   socket.setTimeout(ms);
   req.once('timeout', () => {
     if (res.headersSent || res.destroyed) return void socket.destroy();
-    refuse(res, 408, `the request body stalled for more than ${ms / 1000} s`, requestId, component);
+    refuse(req, res, 408, `the request body stalled for more than ${ms / 1000} s`, requestId, component);
     res.once('finish', () => socket.destroy());
   });
   req.once('end', () => {

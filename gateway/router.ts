@@ -135,7 +135,7 @@ export class GatewayRouter implements Router {
     // or after a short backoff (a next hop may lag the registry by milliseconds).
     const bound = atMaxConn ? s.maxQueue : s.hold.queue;
     const until = holdUntil ?? now + s.hold.timeoutMs;
-    if (until <= now || state.waiting >= bound) throw this.#noReplica(state, addresses, now, until <= now ? s.hold.timeoutMs : undefined);
+    if (ctx.noHold === true || until <= now || state.waiting >= bound) throw this.#noReplica(state, addresses, now, until <= now ? s.hold.timeoutMs : undefined);
     // 5, 10, 20 ms...: a next hop that lags the registry usually catches up within the first.
     const backoff = Math.min(1_000, 5 * 2 ** ctx.holds++);
     return state.waitForChange(Math.min(until - now, backoff)).then(() => {

@@ -241,6 +241,17 @@ describe('replicas: balancing, health, stickiness, retries, moves', () => {
     assert.ok(Date.now() - t0 < 5000);
   });
 
+  it('a lone replica that answers badly gets its 502 at once: holding is for moves, not for broken apps', async () => {
+    const broken = await app('resetter', (req) => req.socket.destroy());
+    await node.admin('PUT', '/v1/hosts/01/containers/rst', { app: 'web', port: broken.port });
+    await tenant('resetting', { targets: [{ host: '01', container: 'rst' }] });
+    const t0 = Date.now();
+    const r = await node.get('resetting.test.priv');
+    assert.equal(r.status, 502, r.body);
+    assert.equal((JSON.parse(r.body) as { error: string }).error, 'upstream_broken');
+    assert.ok(Date.now() - t0 < 2000, `answered after ${Date.now() - t0} ms`);
+  });
+
   it('maxConn queues beyond the limit, and answers 503 when the queue is full', async () => {
     const waiting: (() => void)[] = [];
     const slow = await app('mc', (_req, res) => waiting.push(() => res.end(JSON.stringify({ app: 'mc' }))));

@@ -57,6 +57,21 @@ describe('end to end on the file registry', () => {
     assert.equal(r.headers['x-app-secret'], undefined);
   });
 
+  it('a Connection header cannot strip Host, Content-Length or the forwarding headers', async () => {
+    const r = await node.get('wordpress_c001_01.test.priv', {
+      method: 'POST',
+      headers: { connection: 'host, content-length, x-forwarded-for, x-request-id', 'content-length': '5' },
+      body: 'hello',
+    });
+    assert.equal(r.status, 200, r.body);
+    const seen = JSON.parse(r.body) as { headers: Record<string, string>; bodyBytes: number };
+    assert.equal(seen.headers.host, 'wordpress_c001_01.test.priv');
+    assert.equal(seen.headers['content-length'], '5');
+    assert.equal(seen.bodyBytes, 5);
+    assert.equal(seen.headers['x-forwarded-for'], '127.0.0.1, 127.0.0.1');
+    assert.ok(seen.headers['x-request-id']);
+  });
+
   it('streams request and response bodies both ways', async () => {
     const big = Buffer.alloc(3 * 1024 * 1024 + 7, 'x');
     for (let i = 0; i < big.length; i += 4096) big[i] = i % 251;
