@@ -1,47 +1,14 @@
 /** The CLI as users run it: separate processes, start-up log, signals, the file lock. */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { describe, it } from 'node:test';
+import { boundPort, runCli } from './support/cli.js';
 import { tempDir } from './support/node.js';
 import { request, startApp, waitFor } from './support/util.js';
 
-const BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../bin/tenant-gateway.js');
-
-interface Proc {
-  child: ChildProcess;
-  lines: Record<string, unknown>[];
-  stderr: () => string;
-}
-
-function run(args: string[], env: Record<string, string> = {}): Proc {
-  const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  const lines: Record<string, unknown>[] = [];
-  let buf = '';
-  let err = '';
-  child.stdout?.on('data', (d: Buffer) => {
-    buf += d.toString();
-    let i;
-    while ((i = buf.indexOf('\n')) !== -1) {
-      const line = buf.slice(0, i);
-      buf = buf.slice(i + 1);
-      try {
-        lines.push(JSON.parse(line) as Record<string, unknown>);
-      } catch {
-        lines.push({ text: line });
-      }
-    }
-  });
-  child.stderr?.on('data', (d: Buffer) => (err += d.toString()));
-  return { child, lines, stderr: () => err };
-}
-
-const bound = (p: Proc, role: string) => {
-  const line = p.lines.find((l) => l.msg === 'listening' && l.role === role);
-  return line ? Number(String(line.address).split(':').pop()) : undefined;
-};
+const run = runCli;
+const bound = boundPort;
 
 describe('tenant-gateway CLI', () => {
   it('--help lists the commands and flags', async () => {

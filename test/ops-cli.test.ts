@@ -3,60 +3,23 @@
  * SIGHUP and POST /v1/reload change settings without dropping connections, --config errors.
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import fs from 'node:fs';
 import http from 'node:http';
 import type { Socket } from 'node:net';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { describe, it } from 'node:test';
+import { boundPort, runCli, stopCli, type CliProcess } from './support/cli.js';
 import { tempDir } from './support/node.js';
 import { request, startApp, waitFor, type Reply } from './support/util.js';
 
-const BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../bin/tenant-gateway.js');
 const TOKEN = 'ops-cli-token';
 const PORTS = ['--http-port', '0', '--admin-port', '0', '--dns-port', '0', '--local-port', '0'];
 
-interface Proc {
-  child: ChildProcess;
-  lines: Record<string, unknown>[];
-  stderr: () => string;
-  exited: Promise<number | null>;
-}
-
-function run(args: string[]): Proc {
-  const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, TGW_ADMIN_TOKEN: TOKEN }, stdio: ['ignore', 'pipe', 'pipe'] });
-  const lines: Record<string, unknown>[] = [];
-  let buf = '';
-  let err = '';
-  child.stdout?.on('data', (d: Buffer) => {
-    buf += d.toString();
-    let i;
-    while ((i = buf.indexOf('\n')) !== -1) {
-      const line = buf.slice(0, i);
-      buf = buf.slice(i + 1);
-      try {
-        lines.push(JSON.parse(line) as Record<string, unknown>);
-      } catch {
-        lines.push({ text: line });
-      }
-    }
-  });
-  child.stderr?.on('data', (d: Buffer) => (err += d.toString()));
-  const exited = once(child, 'exit').then(([code]) => code as number | null);
-  return { child, lines, stderr: () => err, exited };
-}
-
-const bound = (p: Proc, role: string) => {
-  const line = p.lines.find((l) => l.msg === 'listening' && l.role === role);
-  return line ? Number(String(line.address).split(':').pop()) : undefined;
-};
-
-async function stop(p: Proc): Promise<void> {
-  if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGKILL');
-  await p.exited;
-}
+type Proc = CliProcess;
+const run = (args: string[]): Proc => runCli(args, { TGW_ADMIN_TOKEN: TOKEN });
+const bound = boundPort;
+const stop = stopCli;
 
 /** A GET through `agent`, resolving with the reply and whether it reused a kept-alive connection. */
 function get(port: number, host: string, agent: http.Agent, onSocket?: (s: Socket) => void): Promise<Reply & { reused: boolean }> {

@@ -7,7 +7,8 @@ import { spawn } from 'node:child_process';
 import http from 'node:http';
 import { describe, it } from 'node:test';
 import { startCountingApp } from './support/backends.js';
-import { hardFdLimit, route, startGatewayProcess, withFdLimit, type GatewayProcess } from './support/cli.js';
+import { withFdLimit } from '../support/cli.js';
+import { hardFdLimit, route, startGatewayProcess, type GatewayProcess } from './support/cli.js';
 import { RawConn } from './support/raw.js';
 import { request, waitFor } from '../support/util.js';
 

@@ -3,14 +3,13 @@
  * optionally under prlimit for more file descriptors. Stopped by PID in close(), also after a
  * failed test.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { runCli } from '../../support/cli.js';
 import { tempDir } from '../../support/node.js';
 import { request, waitFor, type Reply } from '../../support/util.js';
 
-export const BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../../bin/tenant-gateway.js');
 
 export interface GatewayProcess {
   child: ChildProcess;
@@ -32,34 +31,12 @@ export function hardFdLimit(): number {
   return m?.[2] === 'unlimited' ? 1 << 20 : Number(m?.[2] ?? 1024);
 }
 
-/** `cmd args` run with `nofile` descriptors when prlimit exists; as-is otherwise. */
-export function withFdLimit(nofile: number | undefined, cmd: string, args: string[]): [string, string[]] {
-  if (nofile === undefined || spawnSync('prlimit', ['--version']).status !== 0) return [cmd, args];
-  return ['prlimit', [`--nofile=${nofile}:${nofile}`, cmd, ...args]];
-}
-
 export async function startGatewayProcess(args: string[] = [], opts: { nofile?: number } = {}): Promise<GatewayProcess> {
   const dir = tempDir('tgw-hardening-cli-');
-  const [cmd, argv] = withFdLimit(opts.nofile, process.execPath, [BIN, 'up', '--http-port', '0', '--admin-port', '0', '--dns-port', '0', '--local-port', '0', '--data-dir', dir, ...args]);
-  const child = spawn(cmd, argv, { env: { ...process.env, TGW_ADMIN_TOKEN: '' }, stdio: ['ignore', 'pipe', 'pipe'] });
-  const lines: Record<string, unknown>[] = [];
-  let buf = '';
-  let stderr = '';
-  child.stdout?.on('data', (d: Buffer) => {
-    buf += d.toString();
-    let i;
-    while ((i = buf.indexOf('\n')) !== -1) {
-      const line = buf.slice(0, i);
-      buf = buf.slice(i + 1);
-      try {
-        lines.push(JSON.parse(line) as Record<string, unknown>);
-      } catch {
-        lines.push({ text: line });
-      }
-    }
-  });
-  child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const p = runCli(['up', '--http-port', '0', '--admin-port', '0', '--dns-port', '0', '--local-port', '0', '--data-dir', dir, ...args], { TGW_ADMIN_TOKEN: '' }, opts);
+  const { child, lines } = p;
+  const stderr = p.stderr;
+  const exited = p.exited;
   let done = false;
   void exited.then(() => (done = true));
   const close = async () => {
@@ -75,7 +52,7 @@ export async function startGatewayProcess(args: string[] = [], opts: { nofile?: 
       return l ? Number(String(l.address).split(':').pop()) : undefined;
     };
     await waitFor(() => done || (port('gateway') && port('admin') && lines.some((l) => l.msg === 'registered' && String(l.what).startsWith('gateway'))), 'the gateway to start', 15_000);
-    if (done) throw new Error(`tenant-gateway exited at start-up: ${stderr}`);
+    if (done) throw new Error(`tenant-gateway exited at start-up: ${stderr()}`);
     const adminPort = port('admin') as number;
     const token = fs.readFileSync(path.join(dir, 'admin-token'), 'utf8').trim();
     return {
