@@ -138,7 +138,10 @@ export async function start(config: Config, rawLog: Logger, opts: StartOptions =
 
     if (roles.gateway) {
       let httpsPort: number | undefined;
-      const router = new GatewayRouter(registry, config.names, forwarder, { httpsPort: () => httpsPort });
+      const router = new GatewayRouter(registry, config.names, forwarder, {
+        httpsPort: () => httpsPort,
+        onHealth: (tenant, replica, up) => metrics.setReplicaHealth(tenant, replica, up),
+      });
       closers.push(async () => router.close());
       const server = createProxyServer({ component: 'gateway', observer, router, forwarder, isTrusted: (ip) => trusted(ip), ...limits });
       const addr = await listen(server, config.httpPort, config.bind);

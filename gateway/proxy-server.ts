@@ -83,6 +83,8 @@ export interface RequestRecord {
   upstream?: string;
   /** Set when this proxy produced the answer itself (404, 502, ...). */
   error?: ProxyErrorCode;
+  /** Times the request was sent again (another replica, or the same after a change). */
+  retries?: number;
   remoteAddress: string;
 }
 
@@ -312,6 +314,7 @@ export function createProxyServer(opts: ProxyServerOptions): http.Server {
           if (!canRetry(route, kind)) return answer(router.failure(kind, route, err));
           // A lagging next hop costs no attempt: the deadline bounds those retries.
           if (kind !== 'stale') attempts++;
+          if (rec !== undefined) rec.retries = (rec.retries ?? 0) + 1;
           if (kind === 'broken' || kind === 'timeout') {
             // The app was reached and answered badly: try another replica, but do not hold
             // (holding is for moves); with none, the client gets this failure, not a 503.

@@ -18,7 +18,7 @@ import { ProxyError } from './errors.js';
 import { TARGET_HEADER, type FailureKind, type Forwarder } from './forward.js';
 import { classifyHost, type RouteNames } from './host.js';
 import type { ResolveContext, Route, Router } from './proxy-server.js';
-import { Replica, stickyCookie, TenantState, TenantTable } from './tenants.js';
+import { Replica, stickyCookie, TenantState, TenantTable, type HealthListener } from './tenants.js';
 
 type MaybePromise<T> = T | Promise<T>;
 
@@ -51,11 +51,16 @@ export class GatewayRouter implements Router {
   /** The HTTPS port, when TLS is on: tenants may ask for a redirect there. */
   readonly #httpsPort: () => number | undefined;
 
-  constructor(registry: Registry, names: RouteNames, forwarder: Forwarder, opts: { httpsPort?: () => number | undefined } = {}) {
+  constructor(
+    registry: Registry,
+    names: RouteNames,
+    forwarder: Forwarder,
+    opts: { httpsPort?: () => number | undefined; onHealth?: HealthListener } = {},
+  ) {
     this.#registry = registry;
     this.#names = names;
     this.#httpsPort = opts.httpsPort ?? (() => undefined);
-    this.#tenants = new TenantTable((tenant, replica, check) => this.#probe(forwarder, tenant, replica, check));
+    this.#tenants = new TenantTable((tenant, replica, check) => this.#probe(forwarder, tenant, replica, check), 100_000, opts.onHealth);
     // Any registry change may unblock held requests (a replica registered, a host back).
     this.#unsubscribe = registry.onChange(() => this.#tenants.wakeAll());
   }

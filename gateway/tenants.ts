@@ -113,6 +113,9 @@ export function settingsOf(rec: TenantRecord): Settings {
   };
 }
 
+/** Told when an active check changes a replica's verdict (metrics). */
+export type HealthListener = (tenant: string, replica: string, up: boolean) => void;
+
 /** Runs one active check; resolves with a short result ("200", "timeout", "refused") and whether it passed. */
 export type Probe = (tenant: string, replica: Replica, check: NonNullable<Settings['healthCheck']>) => Promise<{ ok: boolean; result: string }>;
 
@@ -208,8 +211,11 @@ export class TenantState {
     return ws;
   }
 
+  #onHealth: HealthListener | undefined;
+
   /** Starts (or restarts) active checks when the tenant has them configured. */
-  startChecks(probe: Probe): void {
+  startChecks(probe: Probe, onHealth?: HealthListener): void {
+    this.#onHealth = onHealth;
     this.stopChecks();
     const hc = this.settings.healthCheck;
     if (hc === undefined) return;
@@ -243,6 +249,7 @@ export class TenantState {
       r.activeUp = ok;
       r.activeStreak = 0;
       if (ok) r.ejectedUntil = 0;
+      this.#onHealth?.(this.name, r.id, ok);
       this.wake();
     }
   }
@@ -262,9 +269,11 @@ export class TenantState {
 export class TenantTable {
   readonly #states: LRUCache<string, TenantState>;
   readonly #probe: Probe;
+  readonly #onHealth: HealthListener | undefined;
 
-  constructor(probe: Probe, max = 100_000) {
+  constructor(probe: Probe, max = 100_000, onHealth?: HealthListener) {
     this.#probe = probe;
+    this.#onHealth = onHealth;
     this.#states = new LRUCache<string, TenantState>({
       max,
       dispose: (state, _key, reason) => {
@@ -281,7 +290,7 @@ export class TenantTable {
     if (state !== undefined) state.stopChecks();
     const next = new TenantState(name, record, state);
     this.#states.set(name, next);
-    next.startChecks(this.#probe);
+    next.startChecks(this.#probe, this.#onHealth);
     if (state !== undefined) next.wake();
     return next;
   }

@@ -16,7 +16,7 @@ import type { Registry as RouteRegistry } from '../discovery/registry.js';
 import type { RequestObserver, RequestRecord } from '../gateway/proxy-server.js';
 
 /** A RequestRecord as issue 5's retrying forwarder may extend it. */
-export type ObservedRequest = RequestRecord & { retries?: number };
+export type ObservedRequest = RequestRecord;
 
 export const COMPONENTS = ['gateway', 'local-proxy'] as const;
 /** Index 0: the client went away before a response head (status 0). */

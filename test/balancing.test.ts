@@ -178,8 +178,12 @@ describe('replicas: balancing, health, stickiness, retries, moves', () => {
       return t.state.replicas.find((r) => r.container === 'hcflaky')?.active === 'down';
     }, 'the failing replica marked down');
     assert.deepEqual(Object.fromEntries(await counts('hc.test.priv', 6)), { hcsteady: 6 });
+    const metrics = await request(node.adminPort, { path: '/metrics', headers: { authorization: `Bearer ${node.token}` } });
+    assert.match(metrics.body, /tgw_replica_up\{tenant="hc",replica="01\/hcflaky"\} 0/);
     healthy = true;
     await waitFor(async () => (await counts('hc.test.priv', 2)).has('hc-flaky'), 'the replica back in rotation');
+    const after = await request(node.adminPort, { path: '/metrics', headers: { authorization: `Bearer ${node.token}` } });
+    assert.match(after.body, /tgw_replica_up\{tenant="hc",replica="01\/hcflaky"\} 1/);
     assert.ok(steady);
   });
 
@@ -199,6 +203,9 @@ describe('replicas: balancing, health, stickiness, retries, moves', () => {
     assert.deepEqual(stats.failed, []);
     const state = JSON.parse((await node.admin('GET', '/v1/tenants/killer')).body) as { state: { replicas: { container: string; healthy: boolean }[] } };
     assert.equal(state.state.replicas.find((r) => r.container === 'kill1')?.healthy, false, 'ejected by passive checks');
+    const metrics = await request(node.adminPort, { path: '/metrics', headers: { authorization: `Bearer ${node.token}` } });
+    const retried = /tgw_upstream_retries_total\{component="gateway"\} (\d+)/.exec(metrics.body);
+    assert.ok(Number(retried?.[1]) > 0, 'requests caught by the kill were retried (and counted)');
   });
 
   it('a container moved between two local proxies under steady load: zero failed requests', async () => {
