@@ -215,10 +215,11 @@ class Exchange implements RequestHandle {
     const { body, head, bodyLength } = this.#spec;
     if (body === null) {
       this.#bodySent = true;
-      socket.write(`${head}\r\n`);
+      // latin1: header bytes go out exactly as llhttp read them (and it is the cheaper encoding).
+      socket.write(`${head}\r\n`, 'latin1');
       return;
     }
-    socket.write(bodyLength === undefined ? `${head}transfer-encoding: chunked\r\n\r\n` : `${head}\r\n`);
+    socket.write(bodyLength === undefined ? `${head}transfer-encoding: chunked\r\n\r\n` : `${head}\r\n`, 'latin1');
     this.#sendBody(socket, body, bodyLength === undefined);
   }
 
@@ -315,7 +316,7 @@ class Exchange implements RequestHandle {
       const name = colon > 0 ? line.slice(0, colon) : '';
       // RFC 9112 §5.1/§5.2: no space before the colon, no obs-fold, no bare CR/LF/NUL.
       if (!TOKEN_RE.test(name)) throw new UpstreamError('broken', `malformed response header line ${JSON.stringify(line.slice(0, 80))}`);
-      const value = line.slice(colon + 1).replace(/^[ \t]+|[ \t]+$/g, '');
+      const value = trimOws(line, colon + 1);
       if (/[\0\r\n]/.test(value)) throw new UpstreamError('broken', `response header ${name} has a forbidden byte`);
       const lower = name.toLowerCase();
       if (lower === 'content-length') {
@@ -464,4 +465,13 @@ class Exchange implements RequestHandle {
     }
     this.fail(new UpstreamError('broken', message));
   }
+}
+
+/** RFC 9110 §5.5: the field value without leading and trailing spaces and tabs. */
+function trimOws(line: string, from: number): string {
+  let start = from;
+  let end = line.length;
+  while (start < end && (line.charCodeAt(start) === 0x20 || line.charCodeAt(start) === 0x09)) start++;
+  while (end > start && (line.charCodeAt(end - 1) === 0x20 || line.charCodeAt(end - 1) === 0x09)) end--;
+  return line.slice(start, end);
 }
