@@ -62,6 +62,8 @@ export interface RegistryBackend {
   delete(kind: Kind, key: string): Promise<boolean>;
   list(kind: Kind, opts?: ListOptions): Promise<ListResult>;
   onChange(listener: (ev: ChangeEvent) => void): () => void;
+  /** Catches up with the store now, where reads can lag it (a reader of the file registry); resolves when done. */
+  sync?(): Promise<void>;
   status(): BackendStatus;
 }
 

@@ -204,16 +204,28 @@ export class FileBackend implements RegistryBackend {
     throw new RegistryUnavailableError(`could not lock ${this.#lockPath}`);
   }
 
+  /** Readers: the file version in memory (the owner renames a new inode into place per write). */
+  #loadedIno: number | undefined;
+  #reloading: Promise<void> | undefined;
+
   /** Loads the file into memory; undefined when it does not exist yet. */
   async #read(): Promise<FileState | undefined> {
     let text: string;
+    let ino: number;
     try {
-      text = await fsp.readFile(this.#path, 'utf8');
+      const fh = await fsp.open(this.#path, 'r');
+      try {
+        ino = (await fh.stat()).ino;
+        text = await fh.readFile('utf8');
+      } finally {
+        await fh.close();
+      }
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
       throw err;
     }
     const state = parseState(text, this.#path);
+    this.#loadedIno = ino;
     this.#maps = {
       hosts: new Map(Object.entries(state.hosts)),
       containers: new Map(Object.entries(state.containers)),
@@ -234,15 +246,30 @@ export class FileBackend implements RegistryBackend {
       // Events of one rename arrive together: one reload for them, as soon as possible.
       setImmediate(() => {
         pending = false;
-        this.#read()
-          .then(() => {
-            this.#syncedAt = Date.now();
-            for (const kind of KINDS) this.#emit({ kind });
-          })
-          .catch((err: Error) => process.emitWarning(`file registry reload failed, keeping the last good state: ${err.message}`));
+        void this.#reload();
       });
     });
     this.#watcher.unref();
+  }
+
+  /** Re-reads the file, once at a time; every kind may have changed. Never rejects. */
+  #reload(): Promise<void> {
+    this.#reloading ??= this.#read()
+      .then(() => {
+        this.#syncedAt = Date.now();
+        for (const kind of KINDS) this.#emit({ kind });
+      })
+      .catch((err: Error) => process.emitWarning(`file registry reload failed, keeping the last good state: ${err.message}`))
+      .finally(() => (this.#reloading = undefined));
+    return this.#reloading;
+  }
+
+  /** Readers: reload now when the owner has written a newer file than the one in memory. */
+  async sync(): Promise<void> {
+    if (this.#writable || this.#closed) return;
+    if (this.#reloading !== undefined) return this.#reloading;
+    const ino = await fsp.stat(this.#path).then((st) => st.ino, () => undefined);
+    if (ino !== undefined && ino !== this.#loadedIno) await this.#reload();
   }
 
   /** Resolves once a file write that started after this call has completed. */

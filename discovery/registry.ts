@@ -109,8 +109,8 @@ export class Registry {
    * so a container that moved is found at its new place even before the change event arrives.
    */
   async lookupFresh<K extends Kind>(kind: K, key: string): Promise<Lookup<RecordOf<K>>> {
-    const entry = await this.#fetch(kind, key, `${kind}\0${key}`);
-    return entry;
+    await this.backend.sync?.();
+    return this.#fetch(kind, key, `${kind}\0${key}`);
   }
 
   /** Every change event, after the cache has dropped what it invalidates. */

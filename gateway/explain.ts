@@ -82,7 +82,7 @@ export async function explainHost(input: string, registry: Registry, names: Rout
     }
     // A request with no headers: balancing and stickiness pick as they would for a new client.
     const probe = { headers: {}, url: '/', method: 'GET' } as IncomingMessage;
-    const route = await router.resolve(host, { req: probe, clientIp: '', tried: undefined, fresh: false, holds: 0 });
+    const route = await router.resolve(host, { req: probe, clientIp: '', tried: undefined, fresh: false, holds: 0, trusted: false });
     route.release?.('aborted');
     out.routes = true;
     out.forwardTo = route.label;

@@ -43,6 +43,8 @@ export interface ResolveContext {
   holds: number;
   /** Never wait for a replica: a retry after an app answered badly (not a move). */
   noHold?: boolean;
+  /** The peer is a trusted proxy (a local proxy's gateways). */
+  trusted: boolean;
 }
 
 export interface Router {
@@ -262,7 +264,7 @@ export function createProxyServer(opts: ProxyServerOptions): http.Server {
       if (rec !== undefined) rec.error = err.code;
       sendError(req, res, err, requestId, component);
     };
-    const ctx: ResolveContext = { req, clientIp: req.socket.remoteAddress ?? '', tried: undefined, fresh: false, holds: 0 };
+    const ctx: ResolveContext = { req, clientIp: req.socket.remoteAddress ?? '', tried: undefined, fresh: false, holds: 0, trusted };
     // A request whose body was (or may have been) read cannot be sent again.
     const hasBody = (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0') || req.headers['transfer-encoding'] !== undefined;
     const startedAt = Date.now();
@@ -389,7 +391,7 @@ export function createProxyServer(opts: ProxyServerOptions): http.Server {
       });
     const fail = (err: unknown) => sendErrorOnSocket(req, socket, toProxyError(err), requestId, component);
     try {
-      const route = router.resolve(normalizeHost(authorityOf(req) || undefined), { req, clientIp: req.socket.remoteAddress ?? '', tried: undefined, fresh: false, holds: 0 });
+      const route = router.resolve(normalizeHost(authorityOf(req) || undefined), { req, clientIp: req.socket.remoteAddress ?? '', tried: undefined, fresh: false, holds: 0, trusted });
       if (route instanceof Promise) route.then(forward, fail);
       else forward(route);
     } catch (err) {

@@ -237,15 +237,20 @@ export class LocalProxyRouter implements Router {
       }
       return this.#container(name.container, name.app);
     }
-    return then(this.#registry.lookup('tenants', name.name), (t) => {
+    // A gateway that names a container knows something this process may not have seen yet:
+    // on a miss, read the registry again once (read-your-writes across processes).
+    const chosen = ctx.req.headers[TARGET_HEADER];
+    const named = typeof chosen === 'string' && ctx.trusted ? chosen : undefined;
+    const pickFrom = (t: Lookup<TenantRecord>, fresh: boolean): MaybePromise<Route> => {
+      const here = t.value === null ? [] : this.#here(t.value);
+      const wanted = named === undefined ? undefined : here.find((x) => x.container === named);
+      if (named !== undefined && wanted === undefined && !fresh) return then(this.#registry.lookupFresh('tenants', name.name), (t2) => pickFrom(t2, true));
       if (t.value === null) throw new ProxyError('unknown_tenant', `no tenant is registered for ${host}`);
-      const here = this.#here(t.value);
-      const chosen = ctx.req.headers[TARGET_HEADER];
-      const wanted = typeof chosen === 'string' ? here.find((x) => x.container === chosen) : undefined;
       const pick = wanted ?? pickRoundRobin(here);
       if (pick === undefined) throw new ProxyError('unknown_container', `tenant ${name.name} has no container on host ${this.#hostId}`);
-      return this.#container(pick.container, undefined);
-    });
+      return this.#container(pick.container, undefined, named !== undefined);
+    };
+    return then(this.#registry.lookup('tenants', name.name), (t) => pickFrom(t, false));
   }
 
   failure(kind: FailureKind, route: Route, err: Error): ProxyError {
@@ -266,8 +271,10 @@ export class LocalProxyRouter implements Router {
     return list;
   }
 
-  #container(containerId: string, app: string | undefined): MaybePromise<Route> {
-    return then(this.#registry.lookup('containers', `${this.#hostId}/${containerId}`), (c) => {
+  #container(containerId: string, app: string | undefined, freshOnMiss = false, fresh = false): MaybePromise<Route> {
+    const key = `${this.#hostId}/${containerId}`;
+    return then(fresh ? this.#registry.lookupFresh('containers', key) : this.#registry.lookup('containers', key), (c) => {
+      if (c.value === null && freshOnMiss && !fresh) return this.#container(containerId, app, false, true);
       if (c.value === null) throw new ProxyError('unknown_container', `no container "${containerId}" is registered on host ${this.#hostId}`);
       if (app !== undefined && c.value.app !== app) {
         throw new ProxyError('unknown_container', `container ${containerId} on host ${this.#hostId} runs app "${c.value.app}", not "${app}"`);
