@@ -23,7 +23,7 @@ export async function openBackend(url: string, opts: OpenOptions = {}): Promise<
   if (url.startsWith('file:')) {
     const path = url.slice('file:'.length);
     if (path === '') throw new Error('--registry file: needs a path, e.g. file:./data/registry.json');
-    return new FileBackend({ path, writable: opts.writable ?? true });
+    return new FileBackend({ path, writable: opts.writable ?? true, warn: opts.warn });
   }
   if (url.startsWith('zk://')) {
     return new ZooKeeperBackend({

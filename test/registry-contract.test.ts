@@ -69,10 +69,8 @@ const fileHarness = (): Harness => {
         },
         async corrupt(kind, key) {
           // Another writer stored something that is JSON but no record: readers must shrug.
-          const state = JSON.parse(await fsp.readFile(file, 'utf8')) as Record<string, Record<string, unknown>>;
-          (state[kind] as Record<string, unknown>)[key] = { targets: 'not a list', junk: [1, 2, 3] };
-          await fsp.writeFile(`${file}.tmp`, JSON.stringify(state));
-          await fsp.rename(`${file}.tmp`, file);
+          const change = { op: 'put', kind, key, value: { targets: 'not a list', junk: [1, 2, 3] } };
+          await fsp.appendFile(`${file}.journal`, `${JSON.stringify(change)}\n`);
         },
       };
       return { store, cleanup: async () => void (await Promise.all(opened.map((b) => b.close()))) };
