@@ -52,7 +52,10 @@ describe('hardening: Host safety', () => {
     }
   });
 
-  it('adversarial names against the routing regex and name rules: each decided in under 5 ms', () => {
+  // A guard against catastrophic backtracking (which takes seconds to forever on these names),
+  // not a speed measurement: the bound has two orders of magnitude of slack for a loaded CI
+  // machine, and a warm-up pass keeps regex compilation out of it. recheck above is the proof.
+  it('adversarial names against the routing regex and name rules: none backtracks (each decided in under 100 ms)', () => {
     const names = { domain: 'test.priv', hostPattern: compileHostPattern(DEFAULT_HOST_PATTERN, 'test.priv') };
     const evil = [
       'a_'.repeat(120) + '!',
@@ -63,13 +66,17 @@ describe('hardening: Host safety', () => {
       'a-'.repeat(126),
       ('a1'.repeat(31) + '_').repeat(4),
     ];
-    for (const name of evil) {
-      const t0 = performance.now();
+    const decide = (name: string) => {
       classifyHost(name.toLowerCase(), names);
       tenantNameProblem(name, names);
       parseAddress(`${name}:80`);
+    };
+    for (const name of evil) decide(name);
+    for (const name of evil) {
+      const t0 = performance.now();
+      decide(name);
       const ms = performance.now() - t0;
-      assert.ok(ms < 5, `${name.slice(0, 30)}...: ${ms} ms`);
+      assert.ok(ms < 100, `${name.slice(0, 30)}...: ${ms} ms`);
     }
   });
 
