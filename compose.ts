@@ -141,6 +141,7 @@ export async function start(config: Config, rawLog: Logger, opts: StartOptions =
       const router = new GatewayRouter(registry, config.names, forwarder, {
         httpsPort: () => httpsPort,
         onHealth: (tenant, replica, up) => metrics.setReplicaHealth(tenant, replica, up),
+        onLocalProxyHealth: (hostId, up) => metrics.setLocalProxyHealth(hostId, up),
       });
       closers.push(async () => router.close());
       const server = createProxyServer({ component: 'gateway', observer, router, forwarder, isTrusted: (ip) => trusted(ip), ...limits });

@@ -48,6 +48,7 @@ export class GatewayRouter implements Router {
   readonly #tenants: TenantTable;
   readonly #unsubscribe: () => void;
 
+  readonly #onLocalProxyHealth: ((hostId: string, up: boolean) => void) | undefined;
   /** The HTTPS port, when TLS is on: tenants may ask for a redirect there. */
   readonly #httpsPort: () => number | undefined;
 
@@ -55,8 +56,9 @@ export class GatewayRouter implements Router {
     registry: Registry,
     names: RouteNames,
     forwarder: Forwarder,
-    opts: { httpsPort?: () => number | undefined; onHealth?: HealthListener } = {},
+    opts: { httpsPort?: () => number | undefined; onHealth?: HealthListener; onLocalProxyHealth?: (hostId: string, up: boolean) => void } = {},
   ) {
+    this.#onLocalProxyHealth = opts.onLocalProxyHealth;
     this.#registry = registry;
     this.#names = names;
     this.#httpsPort = opts.httpsPort ?? (() => undefined);
@@ -208,7 +210,10 @@ export class GatewayRouter implements Router {
     const origin = h.value === null ? null : addressOf(h.value);
     if (origin === null) return { ok: false, result: 'host not registered' };
     const hostname = tenant.includes('.') ? tenant : `${tenant}.${this.#names.domain}`;
-    return forwarder.probe(origin, check.path, { host: hostname, [TARGET_HEADER]: r.container, 'user-agent': 'tenant-gateway-health' }, check.timeoutMs);
+    const result = await forwarder.probe(origin, check.path, { host: hostname, [TARGET_HEADER]: r.container, 'user-agent': 'tenant-gateway-health' }, check.timeoutMs);
+    // Any HTTP answer means the local proxy is up (even when its container is not).
+    this.#onLocalProxyHealth?.(r.host, /^\d{3}$/.test(result.result));
+    return result;
   }
 }
 

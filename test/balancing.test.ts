@@ -180,6 +180,8 @@ describe('replicas: balancing, health, stickiness, retries, moves', () => {
     assert.deepEqual(Object.fromEntries(await counts('hc.test.priv', 6)), { hcsteady: 6 });
     const metrics = await request(node.adminPort, { path: '/metrics', headers: { authorization: `Bearer ${node.token}` } });
     assert.match(metrics.body, /tgw_replica_up\{tenant="hc",replica="01\/hcflaky"\} 0/);
+    // The local proxy answered the failing checks itself: it is up, its container is not.
+    assert.match(metrics.body, /tgw_local_proxy_up\{host="01"\} 1/);
     healthy = true;
     await waitFor(async () => (await counts('hc.test.priv', 2)).has('hc-flaky'), 'the replica back in rotation');
     const after = await request(node.adminPort, { path: '/metrics', headers: { authorization: `Bearer ${node.token}` } });
